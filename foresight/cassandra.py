@@ -1,0 +1,51 @@
+"""One way to open a Cassandra session, and to await its queries from asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+
+from foresight.settings import Settings
+
+
+def make_cluster(hosts: Sequence[str], port: int, request_timeout: float = 10.0) -> Cluster:
+    """A Cluster speaking protocol v5 (Cassandra 5.0) with a token-aware policy."""
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+        request_timeout=request_timeout,
+    )
+    return Cluster(
+        list(hosts),
+        port=port,
+        protocol_version=5,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        connect_timeout=5,
+    )
+
+
+def connect(settings: Settings, keyspace: str | None = None) -> tuple[Cluster, Session]:
+    """Connect to the configured contact points (blocking: call it from an executor in async
+    code). The caller owns the cluster and shuts it down."""
+    cluster = make_cluster(settings.cassandra_hosts, settings.cassandra_port)
+    return cluster, cluster.connect(keyspace)
+
+
+async def execute(session: Session, statement: Any, params: Sequence[Any] = ()) -> Any:
+    """Await one statement: the driver's callbacks run on its own thread, so the result is
+    handed to the loop with call_soon_threadsafe and nothing else runs in the callback."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    response = session.execute_async(statement, params)
+
+    def on_ok(rows: Any) -> None:
+        loop.call_soon_threadsafe(lambda: future.done() or future.set_result(rows))
+
+    def on_error(exc: BaseException) -> None:
+        loop.call_soon_threadsafe(lambda: future.done() or future.set_exception(exc))
+
+    response.add_callbacks(on_ok, on_error)
+    return await future

@@ -1,0 +1,53 @@
+"""The `foresight` command: one entry point for every Foresight process and tool.
+
+Each sub-command reads the settings once and passes them down. Errors a user can fix (a bad
+argument, a service that is down) end in one line on stderr and a non-zero exit, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+from pydantic import ValidationError
+
+from foresight.cli.common import CliError, fail
+from foresight.cli.data import db_group, produce_command, schemas_group, topics_group
+from foresight.cli.services import services_group
+from foresight.settings import Settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.version_option(package_name="foresight")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Foresight: predictive content delivery on Kafka, Faust, River and Cassandra."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        ctx.obj = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        fail(f"invalid setting FORESIGHT_{field.upper()}: {first['msg']}")
+
+
+cli.add_command(services_group)
+cli.add_command(topics_group)
+cli.add_command(db_group)
+cli.add_command(schemas_group)
+cli.add_command(produce_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(standalone_mode=True)
+    except CliError as exc:  # raised outside a click context
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,1 @@
+"""Local Kafka and Cassandra for development, tests and the demo (`foresight services`)."""

@@ -1,0 +1,251 @@
+"""Foresight's one settings object.
+
+Every process reads it once at its entry point and passes it down; nothing else reads the
+environment. Each field is set by the environment variable named in its description
+(prefix ``FORESIGHT_``), or by a ``.env`` file in the working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ReplicationStrategy = Literal["SimpleStrategy", "NetworkTopologyStrategy"]
+
+
+class Settings(BaseSettings):
+    """Endpoints, topics, ports and local-service options for every Foresight process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FORESIGHT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        description="Kafka bootstrap servers, comma separated (FORESIGHT_KAFKA_BOOTSTRAP_SERVERS).",
+    )
+    kafka_controller_port: int = Field(
+        9093,
+        ge=1,
+        le=65535,
+        description="Port of the local KRaft controller listener (FORESIGHT_KAFKA_CONTROLLER_PORT).",
+    )
+    topic_replication_factor: int = Field(
+        1,
+        ge=1,
+        description="Replication factor of the topics `foresight topics create` makes "
+        "(FORESIGHT_TOPIC_REPLICATION_FACTOR); 1 on one machine, 3 on a cluster.",
+    )
+    topic_interactions: str = Field(
+        "interactions", description="Interaction events topic (FORESIGHT_TOPIC_INTERACTIONS)."
+    )
+    topic_prefetch_commands: str = Field(
+        "prefetch-commands",
+        description="Prefetch commands topic (FORESIGHT_TOPIC_PREFETCH_COMMANDS).",
+    )
+    topic_feedback: str = Field(
+        "feedback", description="Agent feedback topic (FORESIGHT_TOPIC_FEEDBACK)."
+    )
+    topic_content_updates: str = Field(
+        "content-updates",
+        description="Content version updates topic (FORESIGHT_TOPIC_CONTENT_UPDATES).",
+    )
+    topic_ring_membership: str = Field(
+        "ring-membership",
+        description="Compacted ring membership topic (FORESIGHT_TOPIC_RING_MEMBERSHIP).",
+    )
+    topic_security_alerts: str = Field(
+        "security-alerts",
+        description="Abuse guard alerts topic (FORESIGHT_TOPIC_SECURITY_ALERTS).",
+    )
+    dead_letter_suffix: str = Field(
+        "-dlq",
+        description="Suffix of each topic's dead-letter topic, e.g. interactions-dlq "
+        "(FORESIGHT_DEAD_LETTER_SUFFIX).",
+    )
+    interactions_partitions: int = Field(
+        4,
+        ge=1,
+        description="Partitions of interactions and feedback; the unit of worker scale-out "
+        "(FORESIGHT_INTERACTIONS_PARTITIONS).",
+    )
+    prefetch_command_slots: int = Field(
+        8,
+        ge=1,
+        description="Partitions of prefetch-commands, one per ring slot; the most cache nodes "
+        "that can own clients at once (FORESIGHT_PREFETCH_COMMAND_SLOTS).",
+    )
+    small_topic_partitions: int = Field(
+        1,
+        ge=1,
+        description="Partitions of content-updates, ring-membership, security-alerts and the "
+        "dead-letter topics (FORESIGHT_SMALL_TOPIC_PARTITIONS).",
+    )
+
+    # --- Cassandra ---------------------------------------------------------------------------
+    cassandra_contact_points: str = Field(
+        "127.0.0.1",
+        description="Cassandra contact points, comma separated (FORESIGHT_CASSANDRA_CONTACT_POINTS).",
+    )
+    cassandra_port: int = Field(
+        9042, ge=1, le=65535, description="Cassandra CQL port (FORESIGHT_CASSANDRA_PORT)."
+    )
+    cassandra_storage_port: int = Field(
+        7000,
+        ge=1,
+        le=65535,
+        description="Local Cassandra inter-node storage port (FORESIGHT_CASSANDRA_STORAGE_PORT).",
+    )
+    cassandra_keyspace: str = Field(
+        "foresight",
+        pattern=r"^[a-z][a-z0-9_]{0,47}$",
+        description="Keyspace that holds Foresight's tables (FORESIGHT_CASSANDRA_KEYSPACE).",
+    )
+    cassandra_replication_strategy: ReplicationStrategy = Field(
+        "SimpleStrategy",
+        description="Keyspace replication class: SimpleStrategy on one machine, "
+        "NetworkTopologyStrategy on a cluster (FORESIGHT_CASSANDRA_REPLICATION_STRATEGY).",
+    )
+    cassandra_replication_factor: int = Field(
+        1,
+        ge=1,
+        description="Replicas with SimpleStrategy (FORESIGHT_CASSANDRA_REPLICATION_FACTOR).",
+    )
+    cassandra_datacenters: dict[str, int] = Field(
+        default_factory=lambda: {"datacenter1": 3},
+        description="Replicas per datacenter with NetworkTopologyStrategy, as JSON, e.g. "
+        '{"dc1": 3, "dc2": 3} (FORESIGHT_CASSANDRA_DATACENTERS).',
+    )
+
+    # --- Foresight processes -----------------------------------------------------------------
+    collector_host: str = Field(
+        "127.0.0.1", description="Interface the HTTP collector binds (FORESIGHT_COLLECTOR_HOST)."
+    )
+    collector_port: int = Field(
+        8700, ge=1, le=65535, description="HTTP collector port (FORESIGHT_COLLECTOR_PORT)."
+    )
+    collector_max_batch: int = Field(
+        1000,
+        ge=1,
+        description="Most events one POST /v1/events may carry (FORESIGHT_COLLECTOR_MAX_BATCH).",
+    )
+    collector_max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest request body the collector reads; larger gets 413 "
+        "(FORESIGHT_COLLECTOR_MAX_BODY_BYTES).",
+    )
+    origin_port: int = Field(
+        8701, ge=1, le=65535, description="Demo origin port (FORESIGHT_ORIGIN_PORT)."
+    )
+    cache_node_base_port: int = Field(
+        8710,
+        ge=1,
+        le=65535,
+        description="Port of cache node 0; node N listens on base + N "
+        "(FORESIGHT_CACHE_NODE_BASE_PORT).",
+    )
+    worker_web_port: int = Field(
+        6066,
+        ge=1,
+        le=65535,
+        description="Faust worker web/metrics port (FORESIGHT_WORKER_WEB_PORT).",
+    )
+
+    # --- Local services ----------------------------------------------------------------------
+    state_dir: Path = Field(
+        Path(".foresight"),
+        description="Folder for the local services' data, configs, logs and pid files "
+        "(FORESIGHT_STATE_DIR); git ignores the default.",
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "foresight",
+        description="Folder outside the repository where the Kafka and Cassandra jars are "
+        "cached (FORESIGHT_CACHE_DIR).",
+    )
+    kafka_heap_mb: int = Field(
+        512, ge=128, description="Local Kafka JVM heap in MiB (FORESIGHT_KAFKA_HEAP_MB)."
+    )
+    cassandra_heap_mb: int = Field(
+        1024, ge=512, description="Local Cassandra JVM heap in MiB (FORESIGHT_CASSANDRA_HEAP_MB)."
+    )
+    cassandra_durable: bool = Field(
+        False,
+        description="Keep the local Cassandra's fsyncs on (FORESIGHT_CASSANDRA_DURABLE); off, it "
+        "skips them for speed, which only tests and demos may do.",
+    )
+    services_start_timeout_s: float = Field(
+        180.0,
+        gt=0,
+        description="How long `services up` waits for a service to answer "
+        "(FORESIGHT_SERVICES_START_TIMEOUT_S).",
+    )
+
+    @field_validator("state_dir", "cache_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _replication_fits_strategy(self) -> Settings:
+        if self.cassandra_replication_strategy == "NetworkTopologyStrategy" and not (
+            self.cassandra_datacenters
+        ):
+            raise ValueError("NetworkTopologyStrategy needs FORESIGHT_CASSANDRA_DATACENTERS")
+        return self
+
+    # --- Derived values ----------------------------------------------------------------------
+    @property
+    def kafka_port(self) -> int:
+        """Port of the first bootstrap server: the local broker's listener."""
+        first = self.kafka_bootstrap_servers.split(",")[0].strip()
+        return int(first.rsplit(":", 1)[1])
+
+    @property
+    def cassandra_hosts(self) -> list[str]:
+        return [h.strip() for h in self.cassandra_contact_points.split(",") if h.strip()]
+
+    def dead_letter_topic(self, topic: str) -> str:
+        return f"{topic}{self.dead_letter_suffix}"
+
+    def replication_map(self) -> dict[str, str | int]:
+        """The keyspace's replication map, as CREATE KEYSPACE takes it."""
+        if self.cassandra_replication_strategy == "SimpleStrategy":
+            return {
+                "class": "SimpleStrategy",
+                "replication_factor": self.cassandra_replication_factor,
+            }
+        return {"class": "NetworkTopologyStrategy", **self.cassandra_datacenters}
+
+    def topic_partitions(self) -> dict[str, int]:
+        """Every topic Foresight uses, with its partition count."""
+        main = {
+            self.topic_interactions: self.interactions_partitions,
+            self.topic_feedback: self.interactions_partitions,
+            self.topic_prefetch_commands: self.prefetch_command_slots,
+            self.topic_content_updates: self.small_topic_partitions,
+            self.topic_ring_membership: self.small_topic_partitions,
+            self.topic_security_alerts: self.small_topic_partitions,
+        }
+        dead = {
+            self.dead_letter_topic(t): self.small_topic_partitions
+            for t in (
+                self.topic_interactions,
+                self.topic_feedback,
+                self.topic_prefetch_commands,
+                self.topic_content_updates,
+            )
+        }
+        return main | dead
+
+    @property
+    def compacted_topics(self) -> frozenset[str]:
+        return frozenset({self.topic_ring_membership})

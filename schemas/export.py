@@ -1,0 +1,42 @@
+"""Export each record's JSON Schema, for producers written in other languages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from schemas.records import RECORD_TYPES, SCHEMA_VERSION
+
+JSON_DIR = Path(__file__).with_name("json")
+
+
+def json_schemas() -> dict[str, bytes]:
+    """File name -> pretty JSON Schema bytes, one per record type."""
+    out: dict[str, bytes] = {}
+    for name, record_type in RECORD_TYPES.items():
+        schema = msgspec.json.schema(record_type)
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"https://foresight.dev/schemas/{name}.v{SCHEMA_VERSION}.json"
+        schema["title"] = record_type.__name__
+        out[f"{name}.v{SCHEMA_VERSION}.json"] = msgspec.json.format(
+            msgspec.json.encode(schema), indent=2
+        ) + b"\n"
+    return out
+
+
+def write_json_schemas(directory: Path = JSON_DIR) -> list[Path]:
+    """Write the JSON Schema files; return the ones whose content changed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    changed: list[Path] = []
+    for file_name, content in json_schemas().items():
+        path = directory / file_name
+        if not path.exists() or path.read_bytes() != content:
+            path.write_bytes(content)
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    for path in write_json_schemas():
+        print(f"wrote {path}")

@@ -1,0 +1,168 @@
+"""The versioned records that flow through Foresight's Kafka topics.
+
+Each record is a msgspec Struct: decoding validates types and constraints in one pass and is
+fast enough to run on every event. ``schema_version`` is part of every record so that a
+consumer can tell which version a producer wrote; a record of an unknown version fails
+validation instead of being half-read.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+SCHEMA_VERSION = 1
+
+Identifier = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]*$",
+        description="An opaque id: letters, digits and ._:@/+=- only, at most 256 characters.",
+    ),
+]
+Timestamp = Annotated[
+    float,
+    Meta(ge=0, le=32503680000, description="Seconds since the Unix epoch (UTC)."),
+]
+Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+Version = Annotated[int, Meta(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]
+
+InteractionKind = Literal["view", "click", "purchase", "request"]
+ConnectionClass = Literal["4g", "3g", "2g", "slow-2g"]
+FeedbackOutcome = Literal["hit", "miss", "unused", "expired"]
+MemberState = Literal["up", "leaving", "down"]
+
+
+class Location(Struct, frozen=True, forbid_unknown_fields=True):
+    """A coarse position; only ever kept when the event carries the person's consent."""
+
+    lat: Annotated[float, Meta(ge=-90, le=90)]
+    lon: Annotated[float, Meta(ge=-180, le=180)]
+
+
+class Context(Struct, kw_only=True, forbid_unknown_fields=True):
+    """What the device says about itself when the event happened."""
+
+    device: Annotated[str, Meta(max_length=64)] | None = None
+    connection: ConnectionClass | None = None
+    save_data: bool = False
+    hour: Annotated[int, Meta(ge=0, le=23)] | None = None
+    location_consent: bool = False
+    location: Location | None = None
+
+    def __post_init__(self) -> None:
+        # Privacy by construction: a location without consent never survives decoding, so
+        # nothing downstream can store or use it.
+        if not self.location_consent and self.location is not None:
+            self.location = None
+
+
+class Interaction(Struct, kw_only=True, forbid_unknown_fields=True):
+    """One click, view, purchase or request by a client (topic ``interactions``)."""
+
+    schema_version: Version = SCHEMA_VERSION
+    event_id: Identifier
+    client_id: Identifier
+    content_id: Identifier
+    kind: InteractionKind
+    ts: Timestamp
+    context: Context | None = None
+
+
+class PrefetchCommand(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Ask the owning cache node to prefetch one item for one client (``prefetch-commands``)."""
+
+    schema_version: Version = SCHEMA_VERSION
+    command_id: Identifier
+    client_id: Identifier
+    content_id: Identifier
+    probability: Probability
+    rank: Annotated[int, Meta(ge=1, le=1000)]
+    model: Annotated[str, Meta(min_length=1, max_length=64)]
+    issued_at: Timestamp
+    expires_at: Timestamp
+    event_ts: Timestamp | None = None
+
+    def __post_init__(self) -> None:
+        if self.expires_at < self.issued_at:
+            raise ValueError("expires_at is before issued_at")
+
+
+class Feedback(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """What became of a prefetched item, relayed from the agent (topic ``feedback``)."""
+
+    schema_version: Version = SCHEMA_VERSION
+    client_id: Identifier
+    content_id: Identifier
+    version: Annotated[int, Meta(ge=0)]
+    outcome: FeedbackOutcome
+    latency_ms: Annotated[float, Meta(ge=0)]
+    ts: Timestamp
+
+
+class ContentUpdate(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A new version of a content item at the origin (topic ``content-updates``)."""
+
+    schema_version: Version = SCHEMA_VERSION
+    content_id: Identifier
+    version: Annotated[int, Meta(ge=0)]
+    etag: Annotated[str, Meta(max_length=256)] | None = None
+    ts: Timestamp
+
+
+class RingMember(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A cache node's membership and heartbeat (compacted topic ``ring-membership``)."""
+
+    schema_version: Version = SCHEMA_VERSION
+    node_id: Identifier
+    url: Annotated[str, Meta(min_length=1, max_length=2048, pattern=r"^https?://")]
+    weight: Annotated[float, Meta(gt=0, le=1000)]
+    slot: Annotated[int, Meta(ge=0, le=100_000)]
+    state: MemberState
+    heartbeat_ts: Timestamp
+
+
+class SecurityAlert(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The abuse guard flagged a client; its prefetches stop (topic ``security-alerts``)."""
+
+    schema_version: Version = SCHEMA_VERSION
+    client_id: Identifier
+    score: Annotated[float, Meta(ge=0)]
+    reason: Annotated[str, Meta(min_length=1, max_length=1024)]
+    ts: Timestamp
+    detector: Annotated[str, Meta(max_length=64)] = "half-space-trees"
+
+
+class DeadLetter(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A rejected record with the reason it was rejected (topics ``TOPIC-dlq``).
+
+    The original bytes are kept whole (base64) so that nothing is lost and an operator can
+    replay them once the cause is fixed.
+    """
+
+    schema_version: Version = SCHEMA_VERSION
+    topic: Annotated[str, Meta(min_length=1, max_length=249)]
+    partition: int | None = None
+    offset: int | None = None
+    key: bytes | None = None
+    value: bytes
+    reason: Annotated[str, Meta(min_length=1)]
+    rejected_by: Annotated[str, Meta(min_length=1, max_length=128)]
+    ts: Timestamp
+
+
+RECORD_TYPES: dict[str, type[Struct]] = {
+    "interaction": Interaction,
+    "prefetch-command": PrefetchCommand,
+    "feedback": Feedback,
+    "content-update": ContentUpdate,
+    "ring-member": RingMember,
+    "security-alert": SecurityAlert,
+    "dead-letter": DeadLetter,
+}
+
+encode = msgspec.json.Encoder().encode
