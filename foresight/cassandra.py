@@ -41,11 +41,19 @@ async def execute(session: Session, statement: Any, params: Sequence[Any] = ()) 
     future: asyncio.Future[Any] = loop.create_future()
     response = session.execute_async(statement, params)
 
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
     def on_ok(rows: Any) -> None:
-        loop.call_soon_threadsafe(lambda: future.done() or future.set_result(rows))
+        loop.call_soon_threadsafe(settle, rows, None)
 
     def on_error(exc: BaseException) -> None:
-        loop.call_soon_threadsafe(lambda: future.done() or future.set_exception(exc))
+        loop.call_soon_threadsafe(settle, None, exc)
 
     response.add_callbacks(on_ok, on_error)
     return await future

@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     # --- Cassandra ---------------------------------------------------------------------------
     cassandra_contact_points: str = Field(
         "127.0.0.1",
-        description="Cassandra contact points, comma separated (FORESIGHT_CASSANDRA_CONTACT_POINTS).",
+        description="Cassandra contact points, comma separated "
+        "(FORESIGHT_CASSANDRA_CONTACT_POINTS).",
     )
     cassandra_port: int = Field(
         9042, ge=1, le=65535, description="Cassandra CQL port (FORESIGHT_CASSANDRA_PORT)."

@@ -19,9 +19,9 @@ def json_schemas() -> dict[str, bytes]:
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://foresight.dev/schemas/{name}.v{SCHEMA_VERSION}.json"
         schema["title"] = record_type.__name__
-        out[f"{name}.v{SCHEMA_VERSION}.json"] = msgspec.json.format(
-            msgspec.json.encode(schema), indent=2
-        ) + b"\n"
+        out[f"{name}.v{SCHEMA_VERSION}.json"] = (
+            msgspec.json.format(msgspec.json.encode(schema), indent=2) + b"\n"
+        )
     return out
 
 

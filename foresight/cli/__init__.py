@@ -14,7 +14,13 @@ import click
 from pydantic import ValidationError
 
 from foresight.cli.common import CliError, fail
-from foresight.cli.data import db_group, produce_command, schemas_group, topics_group
+from foresight.cli.data import (
+    collector_command,
+    db_group,
+    produce_command,
+    schemas_group,
+    topics_group,
+)
 from foresight.cli.services import services_group
 from foresight.settings import Settings
 
@@ -42,6 +48,7 @@ cli.add_command(topics_group)
 cli.add_command(db_group)
 cli.add_command(schemas_group)
 cli.add_command(produce_command)
+cli.add_command(collector_command)
 
 
 def main() -> None:

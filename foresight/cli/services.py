@@ -40,8 +40,10 @@ def _provision(spec: ServiceSpec, progress: Progress) -> None:
         if line.startswith("Downloaded from"):
             downloads += 1
             artifact = line.rsplit("/", 1)[-1].split(" ")[0]
-            progress.update(task, description=f"downloading from Maven Central: "
-                            f"{downloads} files, last {artifact}")
+            progress.update(
+                task,
+                description=f"downloading from Maven Central: {downloads} files, last {artifact}",
+            )
 
     ensure_libs(spec.settings.cache_dir, spec.name, on_line)
     done = f"jars ready ({downloads} downloaded)" if downloads else "jars cached"
@@ -60,8 +62,10 @@ def _start(spec: ServiceSpec, progress: Progress, timeout: float) -> str:
 
     if existing is not None:
         if not manager.wait_healthy(spec, timeout, on_wait):
-            raise ServiceError(f"{spec.name} (pid {existing.pid}) is running but does not "
-                               f"answer on :{spec.port}; see `foresight services logs`")
+            raise ServiceError(
+                f"{spec.name} (pid {existing.pid}) is running but does not "
+                f"answer on :{spec.port}; see `foresight services logs`"
+            )
         message = f"already running, pid {existing.pid}, :{spec.port}"
     else:
         pid = manager.start(spec, timeout, on_wait)
@@ -117,8 +121,14 @@ def status(ctx: click.Context) -> None:
 
 @services_group.command("logs")
 @click.argument("service", required=False, type=click.Choice(["kafka", "cassandra"]))
-@click.option("-n", "--lines", default=40, show_default=True, type=click.IntRange(1, 100_000),
-              help="How many of the last lines to show.")
+@click.option(
+    "-n",
+    "--lines",
+    default=40,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="How many of the last lines to show.",
+)
 @click.pass_context
 def logs(ctx: click.Context, service: str | None, lines: int) -> None:
     """Show the last lines of each service's log."""

@@ -79,13 +79,13 @@ def status(spec: ServiceSpec) -> ServiceStatus:
 def _port_owner(port: int) -> str:
     with contextlib.suppress(psutil.Error, PermissionError):
         for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-                if conn.pid:
-                    return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+            listening = conn.laddr and conn.laddr.port == port and conn.status == "LISTEN"
+            if listening and conn.pid:
+                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
     return "another program"
 
 
-class _ServiceExecutor(mirakuru.Executor):  # type: ignore[misc]
+class _ServiceExecutor(mirakuru.Executor):
     """A mirakuru executor that is started once its service answers a real request."""
 
     def __init__(
@@ -172,7 +172,7 @@ def stop(spec: ServiceSpec, grace: float = 30.0) -> int | None:
     if process is None:
         spec.pid_file.unlink(missing_ok=True)
         return None
-    pid = process.pid
+    pid = int(process.pid)
     with contextlib.suppress(psutil.NoSuchProcess):
         process.send_signal(signal.SIGTERM)
         try:

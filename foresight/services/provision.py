@@ -27,8 +27,10 @@ def require_tool(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
         hint = "install OpenJDK 17" if tool == "java" else "install Apache Maven"
-        raise ServiceError(f"`{tool}` is not on PATH: {hint} (apt-get install -y "
-                           f"{'openjdk-17-jre-headless' if tool == 'java' else 'maven'})")
+        raise ServiceError(
+            f"`{tool}` is not on PATH: {hint} (apt-get install -y "
+            f"{'openjdk-17-jre-headless' if tool == 'java' else 'maven'})"
+        )
     return path
 
 

@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from foresight.services.provision import ServiceError, lib_dir, require_tool
 from foresight.settings import Settings
@@ -185,9 +186,8 @@ class KafkaSpec(ServiceSpec):
             return False
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(
-            {"bootstrap.servers": f"127.0.0.1:{self.port}", "log_level": 0, "logger": log}
-        )
+        config: dict[str, Any] = {"bootstrap.servers": f"127.0.0.1:{self.port}", "logger": log}
+        admin = AdminClient(config)
         try:
             admin.list_topics(timeout=5)
         except Exception:  # KafkaException or a timeout: not answering yet
@@ -321,4 +321,3 @@ def spec_by_name(settings: Settings, name: str) -> ServiceSpec:
         if spec.name == name:
             return spec
     raise KeyError(name)
-

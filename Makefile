@@ -1,0 +1,65 @@
+# Foresight: `make run` is the main job, `make test` runs every test. `make help` lists all.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+FORESIGHT := $(BIN)/foresight
+DATA ?= ../shared/data/yoochoose-100k
+
+.PHONY: help install services-up services-down services-status run test test-unit \
+        test-integration lint typecheck bench schemas clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip==25.3
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv and install Foresight with its test extra
+
+services-up: install ## Start local Kafka and Cassandra (downloads the jars the first time)
+	$(FORESIGHT) services up
+
+services-down: install ## Stop the local Kafka and Cassandra that services-up started
+	$(FORESIGHT) services down
+
+services-status: install ## Show the local services' ports, pids and health
+	$(FORESIGHT) services status
+
+run: services-up ## The main job: services, topics and tables, then publish the dataset
+	$(FORESIGHT) topics create
+	$(FORESIGHT) db migrate
+	$(FORESIGHT) produce --dataset yoochoose $(DATA)/test.tsv
+
+test: services-up ## Install, start the services and run every test (unit and integration)
+	$(BIN)/pytest -q
+
+test-unit: install ## Run the unit tests only (no services needed)
+	$(BIN)/pytest -q tests/unit
+
+test-integration: services-up ## Run the integration tests against the real services
+	$(BIN)/pytest -q tests/integration
+
+lint: install ## ruff check and ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install ## mypy --strict over the project
+	$(BIN)/mypy foresight schemas producers streams consumers agents tests bench
+
+bench: services-up ## Benchmarks: each prints one JSON object
+	$(FORESIGHT) topics create
+	$(BIN)/python bench/produce.py
+
+schemas: install ## Re-export the JSON Schemas from the records
+	$(FORESIGHT) schemas export
+
+clean: ## Remove the venv and the local services' state (stop them first)
+	-$(FORESIGHT) services down
+	rm -rf $(VENV) .foresight .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,5 @@
+"""`python -m foresight` runs the CLI."""
+
+from foresight.cli import main
+
+main()

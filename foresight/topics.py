@@ -1,0 +1,58 @@
+"""Create Foresight's Kafka topics with the configured partitions, idempotently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from foresight.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    name: str
+    partitions: int
+    action: str  # "created", "exists" or "partitions added"
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+
+
+def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicResult]:
+    """Create every topic that is missing; grow any that has fewer partitions than configured.
+
+    A second run changes nothing and reports every topic as "exists".
+    """
+    admin = admin_client(settings)
+    wanted = settings.topic_partitions()
+    existing = admin.list_topics(timeout=timeout).topics
+    results: list[TopicResult] = []
+    to_create: list[NewTopic] = []
+    for name, partitions in wanted.items():
+        if name in existing:
+            have = len(existing[name].partitions)
+            if have < partitions:
+                from confluent_kafka.admin import NewPartitions
+
+                admin.create_partitions([NewPartitions(name, partitions)])[name].result(timeout)
+                results.append(TopicResult(name, partitions, "partitions added"))
+            else:
+                results.append(TopicResult(name, have, "exists"))
+            continue
+        config = {"cleanup.policy": "compact"} if name in settings.compacted_topics else {}
+        to_create.append(
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=settings.topic_replication_factor,
+                config=config,
+            )
+        )
+    if to_create:
+        futures = admin.create_topics(to_create, operation_timeout=timeout)
+        for topic in to_create:
+            futures[topic.topic].result(timeout)
+            results.append(TopicResult(topic.topic, topic.num_partitions, "created"))
+    return sorted(results, key=lambda r: r.name)

@@ -1,0 +1,60 @@
+"""Readers that turn files into Interaction events: JSONL, and session-click TSV datasets."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from schemas import Interaction
+
+YOOCHOOSE_HEADER = ("SessionId", "ItemId", "Time")
+
+
+class DatasetError(ValueError):
+    """The file is not in the expected format; the message says where."""
+
+
+def count_lines(path: Path) -> int:
+    """Lines in a file, for a progress bar's total."""
+    with path.open("rb") as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
+def read_jsonl(stream: IO[bytes]) -> Iterator[bytes]:
+    """Each non-blank line of a JSON Lines stream, as raw bytes (validated by the publisher)."""
+    for line in stream:
+        stripped = line.strip()
+        if stripped:
+            yield stripped
+
+
+def read_yoochoose(path: Path) -> Iterator[Interaction]:
+    """Interaction events from a TSV with header ``SessionId ItemId Time``.
+
+    The session id becomes the client id; each row is one click. The event id is derived from
+    the file position, so a re-run publishes the same ids and consumers can deduplicate.
+    """
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != YOOCHOOSE_HEADER:
+            raise DatasetError(
+                f"{path}: expected a TSV header {' '.join(YOOCHOOSE_HEADER)}, got {header!r}"
+            )
+        for line_no, row in enumerate(reader, start=2):
+            if len(row) != 3:
+                raise DatasetError(f"{path}:{line_no}: expected 3 columns, got {len(row)}")
+            session, item, time_s = (cell.strip() for cell in row)
+            try:
+                ts = float(time_s)
+            except ValueError:
+                raise DatasetError(f"{path}:{line_no}: Time {time_s!r} is not a number") from None
+            yield Interaction(
+                event_id=f"{path.stem}-{line_no}",
+                client_id=session,
+                content_id=item,
+                kind="click",
+                ts=ts,
+            )

@@ -1,0 +1,109 @@
+"""Fixtures for tests against the real Kafka and Cassandra.
+
+By default the services are the ones `foresight services up` started (`make test` starts
+them). With FORESIGHT_TEST_BACKEND=docker the same fixtures start them with testcontainers.
+When they do not answer, every integration test FAILS: a green run must have exercised them.
+Each test gets its own topics and keyspace, so tests never see each other's records.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from foresight.settings import Settings
+from foresight.topics import admin_client, create_topics
+
+from .backends import docker_services, local_services
+
+# Long enough for a cold Cassandra query or a Kafka metadata round trip on a loaded 2-core
+# machine; short enough that a dead service fails the run quickly.
+SERVICE_TIMEOUT_S = 10.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Iterator[Settings]:
+    backend = os.environ.get("FORESIGHT_TEST_BACKEND", "local")
+    if backend == "docker":
+        with docker_services() as settings:
+            yield settings
+    elif backend == "local":
+        yield local_services(SERVICE_TIMEOUT_S)
+    else:
+        pytest.fail(f"FORESIGHT_TEST_BACKEND={backend!r}: expected local or docker")
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    """Settings with topic names and a keyspace of this test's own, topics created."""
+    tag = uuid.uuid4().hex[:10]
+    mine = base_settings.model_copy(
+        update={
+            "topic_interactions": f"t{tag}-interactions",
+            "topic_prefetch_commands": f"t{tag}-prefetch-commands",
+            "topic_feedback": f"t{tag}-feedback",
+            "topic_content_updates": f"t{tag}-content-updates",
+            "topic_ring_membership": f"t{tag}-ring-membership",
+            "topic_security_alerts": f"t{tag}-security-alerts",
+            "cassandra_keyspace": f"t{tag}",
+        }
+    )
+    create_topics(mine)
+    return mine
+
+
+def end_offsets(settings: Settings, topic: str) -> int:
+    """Sum of the high watermarks of every partition of a topic."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"probe-{uuid.uuid4().hex}",
+        }
+    )
+    try:
+        meta = admin_client(settings).list_topics(topic, timeout=SERVICE_TIMEOUT_S)
+        total = 0
+        for partition in meta.topics[topic].partitions:
+            _low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=SERVICE_TIMEOUT_S
+            )
+            total += high
+        return total
+    finally:
+        consumer.close()
+
+
+def read_all(settings: Settings, topic: str, expected: int, timeout: float = 30.0) -> list[bytes]:
+    """Read a topic from the beginning until ``expected`` records arrived (or time ran out)."""
+    import time
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(values) < expected and time.monotonic() < deadline:
+            for msg in consumer.consume(500, timeout=0.5):
+                value = msg.value()
+                if msg.error() is None and value is not None:
+                    values.append(value)
+        return values
+    finally:
+        consumer.close()
