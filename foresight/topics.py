@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from foresight.settings import Settings
 
@@ -55,4 +57,32 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicResult
         for topic in to_create:
             futures[topic.topic].result(timeout)
             results.append(TopicResult(topic.topic, topic.num_partitions, "created"))
+        wait_for_leaders(admin, [t.topic for t in to_create], timeout)
     return sorted(results, key=lambda r: r.name)
+
+
+def wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> None:
+    """Return once every partition of ``topics`` answers a ListOffsets from its leader.
+
+    A topic that was just created shows leaders in its metadata a moment before the broker
+    serves them (NOT_LEADER_FOR_PARTITION); this waits that moment out, so the first producer,
+    consumer or offset query succeeds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            meta = admin.list_topics(timeout=timeout).topics
+            request = {
+                TopicPartition(name, partition): OffsetSpec.latest()  # type: ignore[no-untyped-call]
+                for name in topics
+                for partition in meta[name].partitions
+            }
+            if request and len({tp.topic for tp in request}) == len(topics):
+                for future in admin.list_offsets(request, request_timeout=timeout).values():
+                    future.result()
+                return
+        except (KafkaException, KeyError):
+            pass  # not served yet
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics not served after {timeout:.0f} s: {', '.join(topics)}")
+        time.sleep(0.1)
