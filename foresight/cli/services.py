@@ -37,7 +37,7 @@ def _provision(spec: ServiceSpec, progress: Progress) -> None:
 
     def on_line(line: str) -> None:
         nonlocal downloads
-        if line.startswith("Downloaded from"):
+        if "Downloaded from" in line:
             downloads += 1
             artifact = line.rsplit("/", 1)[-1].split(" ")[0]
             progress.update(
@@ -45,8 +45,13 @@ def _provision(spec: ServiceSpec, progress: Progress) -> None:
                 description=f"downloading from Maven Central: {downloads} files, last {artifact}",
             )
 
-    ensure_libs(spec.settings.cache_dir, spec.name, on_line)
-    done = f"jars ready ({downloads} downloaded)" if downloads else "jars cached"
+    resolved = ensure_libs(spec.settings.cache_dir, spec.name, on_line)
+    if downloads:
+        done = f"jars ready: {downloads} files downloaded from Maven Central"
+    elif resolved:
+        done = "jars ready: copied from the local Maven repository"
+    else:
+        done = f"jars cached in {spec.lib}"
     progress.update(task, description=done, total=1, completed=1)
 
 

@@ -45,14 +45,15 @@ def ensure_libs(
     cache_dir: Path,
     name: str,
     on_line: Callable[[str], None] = lambda _line: None,
-) -> Path:
+) -> bool:
     """Resolve ``poms/<name>.xml`` into its lib folder unless it is already there.
 
-    ``on_line`` sees every line Maven prints, so a caller can show progress.
+    ``on_line`` sees every line Maven prints, so a caller can show progress. Returns whether
+    Maven ran (False: the jars were already cached).
     """
     target = lib_dir(cache_dir, name)
     if (target / ".complete").exists():
-        return target
+        return False
     mvn = require_tool("mvn")
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -85,4 +86,4 @@ def ensure_libs(
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     (target / ".complete").write_text("resolved by foresight services up\n")
-    return target
+    return True
