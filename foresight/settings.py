@@ -36,7 +36,8 @@ class Settings(BaseSettings):
         9093,
         ge=1,
         le=65535,
-        description="Port of the local KRaft controller listener (FORESIGHT_KAFKA_CONTROLLER_PORT).",
+        description="Port of the local KRaft controller listener "
+        "(FORESIGHT_KAFKA_CONTROLLER_PORT).",
     )
     topic_replication_factor: int = Field(
         1,

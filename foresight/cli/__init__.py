@@ -35,6 +35,11 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if not verbose:
+        # The clients' own connection chatter (one line per retry, with tracebacks) drowns the
+        # one-line error the command prints when a service is down; -v shows it.
+        for noisy in ("librdkafka", "cassandra"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
     try:
         ctx.obj = Settings()
     except ValidationError as exc:
