@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.progress import (
 )
 
 from foresight.cli.common import console, fail, settings_of
+from foresight.settings import Settings
 
 T = TypeVar("T")
 
@@ -110,7 +112,10 @@ def schemas_export(check: bool) -> None:
     console.print(f"wrote {len(changed)} file(s)" if changed else "nothing to do: up to date")
 
 
-def _with_progress(items: Iterable[T], total: int | None, label: str) -> Iterator[T]:
+def _batches_with_progress(
+    items: Iterable[T], total: int | None, label: str, size: int = 1000
+) -> Iterator[list[T]]:
+    """``items`` in lists of ``size``, advancing a progress bar as each list is done."""
     columns = [
         TextColumn(f"[bold]{label}"),
         BarColumn(),
@@ -120,9 +125,10 @@ def _with_progress(items: Iterable[T], total: int | None, label: str) -> Iterato
     ]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(label, total=total)
-        for item in items:
-            yield item
-            progress.advance(task)
+        iterator = iter(items)
+        while batch := list(itertools.islice(iterator, size)):
+            yield batch
+            progress.advance(task, len(batch))
 
 
 @click.command("produce")
@@ -148,19 +154,19 @@ def produce_command(ctx: click.Context, source: Path, dataset: str | None) -> No
         fail(f"{source}: no such file")
     if dataset and from_stdin:
         fail("--dataset reads a file, not stdin")
-    _require_topic(settings)
+    require_topics(settings, [settings.topic_interactions])
     publisher = InteractionPublisher(settings, source="cli")
     try:
         if dataset == "yoochoose":
             total = max(count_lines(source) - 1, 0)
-            for event in _with_progress(read_yoochoose(source), total, "producing"):
-                publisher.publish(event)
+            for events in _batches_with_progress(read_yoochoose(source), total, "producing"):
+                publisher.publish_batch(events)
         else:
             stream = sys.stdin.buffer if from_stdin else source.open("rb")
             total_lines = None if from_stdin else count_lines(source)
             with stream:
-                for raw in _with_progress(read_jsonl(stream), total_lines, "producing"):
-                    publisher.publish_raw(raw)
+                for lines in _batches_with_progress(read_jsonl(stream), total_lines, "producing"):
+                    publisher.publish_batch(lines)
         publisher.close()
     except DatasetError as exc:
         fail(str(exc))
@@ -174,20 +180,19 @@ def produce_command(ctx: click.Context, source: Path, dataset: str | None) -> No
         sys.exit(1)
 
 
-def _require_topic(settings: object) -> None:
-    """Fail in one line when Kafka is down or the topic is missing, before reading anything."""
+def require_topics(settings: Settings, topics: list[str]) -> None:
+    """Fail in one line when Kafka is down or a topic is missing, before doing any work."""
     from confluent_kafka import KafkaException
 
-    from foresight.settings import Settings
     from foresight.topics import admin_client
 
-    assert isinstance(settings, Settings)
     try:
-        topics = admin_client(settings).list_topics(timeout=10).topics
+        existing = admin_client(settings).list_topics(timeout=10).topics
     except KafkaException as exc:
         fail(_kafka_down(settings.kafka_bootstrap_servers, exc))
-    if settings.topic_interactions not in topics:
-        fail(f"topic {settings.topic_interactions} does not exist; run `foresight topics create`")
+    missing = [t for t in topics if t not in existing]
+    if missing:
+        fail(f"topic {', '.join(missing)} does not exist; run `foresight topics create`")
 
 
 @click.command("collector")
@@ -200,7 +205,7 @@ def collector_command(ctx: click.Context, port: int | None) -> None:
     settings = settings_of(ctx)
     if port is not None:
         settings = settings.model_copy(update={"collector_port": port})
-    _require_topic(settings)
+    require_topics(settings, [settings.topic_interactions])
     console.print(
         f"collector on http://{settings.collector_host}:{settings.collector_port}/v1/events"
     )
