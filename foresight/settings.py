@@ -159,7 +159,39 @@ class Settings(BaseSettings):
         6066,
         ge=1,
         le=65535,
-        description="Faust worker web/metrics port (FORESIGHT_WORKER_WEB_PORT).",
+        description="Web and /metrics port of worker 0; worker N listens on base + N "
+        "(FORESIGHT_WORKER_WEB_PORT).",
+    )
+    worker_group: str = Field(
+        "foresight-worker",
+        pattern=r"^[a-z][a-z0-9-]{0,63}$",
+        description="Faust app id: the workers' consumer group and the prefix of their "
+        "changelog topics (FORESIGHT_WORKER_GROUP).",
+    )
+    worker_id: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="This worker's number on its host: picks its web port and data folder "
+        "(FORESIGHT_WORKER_ID).",
+    )
+    top_k: int = Field(5, ge=1, le=100, description="Predictions per client (FORESIGHT_TOP_K).")
+    prefetch_ttl_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long a prefetch command stays valid (FORESIGHT_PREFETCH_TTL_S).",
+    )
+    snapshot_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often a worker snapshots its global signals to Cassandra; after a "
+        "crash they miss at most this much (FORESIGHT_SNAPSHOT_INTERVAL_S).",
+    )
+    ring_heartbeat_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="A cache node without a heartbeat for this long leaves the ring "
+        "(FORESIGHT_RING_HEARTBEAT_TIMEOUT_S).",
     )
 
     # --- Local services ----------------------------------------------------------------------

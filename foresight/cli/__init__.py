@@ -22,6 +22,7 @@ from foresight.cli.data import (
     topics_group,
 )
 from foresight.cli.services import services_group
+from foresight.cli.streams import eval_command, worker_command
 from foresight.settings import Settings
 
 
@@ -54,6 +55,8 @@ cli.add_command(db_group)
 cli.add_command(schemas_group)
 cli.add_command(produce_command)
 cli.add_command(collector_command)
+cli.add_command(worker_command)
+cli.add_command(eval_command)
 
 
 def main() -> None:

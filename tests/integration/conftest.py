@@ -8,7 +8,9 @@ Each test gets its own topics and keyspace, so tests never see each other's reco
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 
@@ -60,6 +62,21 @@ def settings(base_settings: Settings) -> Settings:
     )
     create_topics(mine)
     return mine
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process exactly these settings."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        text = json.dumps(value) if isinstance(value, dict) else str(value)
+        env[f"FORESIGHT_{name.upper()}"] = text
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def end_offsets(settings: Settings, topic: str) -> int:

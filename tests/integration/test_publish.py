@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +12,13 @@ from foresight.settings import Settings
 from producers.publisher import InteractionPublisher
 from schemas import DeadLetter, Interaction, decode
 
-from .conftest import end_offsets, read_all
+from .conftest import end_offsets, read_all, settings_env
 
 FORESIGHT = [sys.executable, "-m", "foresight"]
 
 
 def _cli_env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "FORESIGHT_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "FORESIGHT_TOPIC_INTERACTIONS": settings.topic_interactions,
-    }
+    return settings_env(settings)
 
 
 def test_library_publishes_validated_events_keyed_by_client(settings: Settings) -> None:

@@ -1,0 +1,304 @@
+"""The Faust app: agents over interactions and feedback, per-client state in a changelogged table.
+
+Run it with ``foresight worker`` or ``faust -A streams.app worker -l info``. The agents are
+thin loops: decode (or dead-letter with the reason), read the client's record from the table,
+let :class:`streams.engine.Engine` score, learn, predict and plan, write the record back (a
+changelog record, so a restarted worker resumes with the same state), and send the prefetch
+commands to the prefetch-commands partition of the client's owner in the ring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+import msgspec
+from faust.types import TP
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from foresight.cassandra import connect
+from foresight.membership import MembershipWatcher
+from foresight.settings import Settings
+from schemas import DeadLetter, Feedback, Interaction, InvalidRecord, decode, encode
+from streams import metrics
+from streams.engine import ClientRecord, Engine, EngineConfig, dumps_record, loads_record
+from streams.guard import AbuseGuard
+from streams.guard import dumps as guard_dumps
+from streams.guard import loads as guard_loads
+from streams.predictor import Foresight, dumps_global_state, loads_global_state
+from streams.snapshots import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """What one worker process holds in memory next to its tables: the global signals, the
+    ring, and the snapshot store that lets a restarted worker resume them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.predictor = Foresight()
+        self.guard = AbuseGuard()
+        self.engine = Engine(
+            self.predictor,
+            EngineConfig(top_k=settings.top_k, command_ttl_s=settings.prefetch_ttl_s),
+            guard=self.guard,
+        )
+        self.ring = MembershipWatcher(settings)
+        self.applied: dict[int, int] = {}  # interactions partition -> last offset applied
+        self.snapshot_events = -1  # events in the global signals at the last snapshot
+        self.ready = asyncio.Event()  # set once the last snapshot is loaded
+        self._cluster: Any = None
+        self._store: SnapshotStore | None = None
+
+    def open_store(self) -> None:
+        """Connect to Cassandra and load the group's last snapshot (blocking)."""
+        self._cluster, session = connect(self.settings)
+        self._store = SnapshotStore(
+            session, self.settings.cassandra_keyspace, self.settings.worker_group
+        )
+        snapshot = self._store.load()
+        if snapshot is not None:
+            parts = msgspec.msgpack.decode(snapshot.data, type=dict[str, bytes])
+            self.predictor.signals = loads_global_state(parts["signals"])
+            self.guard = self.engine.guard = guard_loads(parts["guard"])
+            self.applied = dict(snapshot.offsets)
+            self.snapshot_events = self.predictor.signals.events
+            log.info(
+                "resumed global signals: %d events, offsets %s, taken %s",
+                snapshot.events,
+                snapshot.offsets,
+                snapshot.taken_at,
+            )
+
+    def snapshot_payload(self) -> tuple[bytes, dict[int, int], int] | None:
+        """Pickle the signals now (in the loop, so no agent changes them meanwhile)."""
+        events = self.predictor.signals.events
+        if self._store is None or events == self.snapshot_events:
+            return None
+        data = msgspec.msgpack.encode(
+            {
+                "signals": dumps_global_state(self.predictor.signals),
+                "guard": guard_dumps(self.guard),
+            }
+        )
+        return data, dict(self.applied), events
+
+    def save_snapshot(self, payload: tuple[bytes, dict[int, int], int]) -> None:
+        assert self._store is not None
+        data, offsets, events = payload
+        self._store.save(data, offsets, events)
+        self.snapshot_events = events
+        log.info("snapshot: %d events, %d bytes, offsets %s", events, len(data), offsets)
+
+    def close(self) -> None:
+        self.ring.stop()
+        if self._cluster is not None:
+            self._cluster.shutdown()
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The worker app for ``settings``; agents, tables and pages are registered on it."""
+    datadir = settings.state_dir / f"worker-{settings.worker_id}"
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+    app = faust.App(
+        settings.worker_group,
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        store="memory://",
+        topic_partitions=settings.interactions_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        table_standby_replicas=0,
+        web_port=settings.worker_web_port + settings.worker_id,
+        web_host="127.0.0.1",
+        web_bind="127.0.0.1",
+        datadir=str(datadir),
+        consumer_auto_offset_reset="earliest",
+        stream_recovery_delay=0.0,
+        # A worker that died leaves the group after 10 s, so a replacement takes its
+        # partitions quickly (the default is 60 s).
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        producer_acks=-1,
+        producer_partitioner=None,
+    )
+    runtime = Runtime(settings)
+    app.foresight_runtime = runtime  # type: ignore[attr-defined]
+
+    def raw_topic(name: str, **kwargs: Any) -> faust.TopicT:
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            **kwargs,
+        )
+
+    interactions = raw_topic(settings.topic_interactions)
+    feedback = raw_topic(settings.topic_feedback)
+    prefetch = raw_topic(settings.topic_prefetch_commands)
+    alerts = raw_topic(settings.topic_security_alerts)
+    dead_letters = {
+        topic: raw_topic(settings.dead_letter_topic(topic))
+        for topic in (settings.topic_interactions, settings.topic_feedback)
+    }
+    clients = app.Table(
+        "client_state",
+        default=None,
+        key_type=bytes,  # bytes in, bytes out: the "raw" codec, msgpack inside
+        value_type=bytes,
+        partitions=settings.interactions_partitions,
+    )
+
+    def record_of(key: bytes) -> ClientRecord | None:
+        raw = clients.get(key)
+        return loads_record(raw) if raw else None
+
+    async def reject(topic: str, message: Any, reason: str) -> None:
+        letter = DeadLetter(
+            topic=topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            value=message.value if message.value is not None else b"",
+            reason=reason,
+            rejected_by=f"worker-{settings.worker_id}",
+            ts=time.time(),
+        )
+        await dead_letters[topic].send(key=message.key, value=encode(letter))
+        metrics.DEAD_LETTERS.labels(topic).inc()
+        log.warning("dead-lettered %s[%s]@%s: %s", topic, message.partition, message.offset, reason)
+
+    @app.agent(interactions, concurrency=1)
+    async def process_interactions(stream: faust.StreamT[bytes]) -> None:
+        await runtime.ready.wait()
+        async for event in stream.events():
+            message = event.message
+            try:
+                interaction = decode(Interaction, message.value or b"")
+            except InvalidRecord as exc:
+                await reject(settings.topic_interactions, message, exc.reason)
+                metrics.EVENTS_IN.labels("interactions", "invalid").inc()
+                continue
+            key = interaction.client_id.encode()
+            started = time.perf_counter()
+            try:
+                step = runtime.engine.on_interaction(
+                    interaction,
+                    record_of(key),
+                    runtime.ring.ring(),
+                    message.partition,
+                    message.offset,
+                )
+            except Exception as exc:  # a bug must not lose the event: dead-letter it
+                log.exception("engine failed on %s", interaction.event_id)
+                await reject(settings.topic_interactions, message, f"engine error: {exc!r}")
+                continue
+            metrics.STEP_SECONDS.observe(time.perf_counter() - started)
+            runtime.applied[message.partition] = message.offset
+            if step.duplicate:
+                metrics.EVENTS_IN.labels("interactions", "duplicate").inc()
+                continue
+            clients[key] = dumps_record(step.record)
+            for slot, command in step.commands:
+                await prefetch.send(key=key, value=encode(command), partition=slot)
+                metrics.COMMANDS_OUT.labels(str(slot)).inc()
+            if step.alert is not None:
+                await alerts.send(key=key, value=encode(step.alert))
+                metrics.ALERTS.inc()
+            if step.blocked:
+                metrics.BLOCKED.inc()
+            if step.unrouted:
+                metrics.UNROUTED.inc(step.unrouted)
+            if step.scored:
+                metrics.SCORED.inc()
+                metrics.HITS.inc(int(step.hit))
+            metrics.EVENTS_IN.labels("interactions", "ok").inc()
+
+    @app.agent(feedback, concurrency=1)
+    async def process_feedback(stream: faust.StreamT[bytes]) -> None:
+        await runtime.ready.wait()
+        async for event in stream.events():
+            message = event.message
+            try:
+                item = decode(Feedback, message.value or b"")
+            except InvalidRecord as exc:
+                await reject(settings.topic_feedback, message, exc.reason)
+                metrics.EVENTS_IN.labels("feedback", "invalid").inc()
+                continue
+            key = item.client_id.encode()
+            clients[key] = dumps_record(runtime.engine.on_feedback(item, record_of(key)))
+            metrics.EVENTS_IN.labels("feedback", "ok").inc()
+
+    @app.task
+    async def start_runtime() -> None:
+        runtime.ring.start()
+        await asyncio.to_thread(runtime.open_store)
+        runtime.ready.set()
+
+    async def snapshot_now() -> None:
+        payload = runtime.snapshot_payload()
+        if payload is not None:
+            await asyncio.to_thread(runtime.save_snapshot, payload)
+
+    @app.timer(interval=settings.snapshot_interval_s)
+    async def periodic_snapshot() -> None:
+        await snapshot_now()
+
+    @app.on_before_shutdown.connect
+    async def final_snapshot(app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # The consumer has stopped: nothing changes the signals any more.
+        await snapshot_now()
+        runtime.close()
+
+    @app.timer(interval=1.0)
+    async def refresh_gauges() -> None:
+        metrics.RING_MEMBERS.set(len(runtime.ring.ring()))
+        scored = metrics.SCORED._value.get()
+        if scored:
+            metrics.ONLINE_HR.set(metrics.HITS._value.get() / scored)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        ready = runtime.ready.is_set()
+        return web.json(
+            {"ready": ready, "ring": len(runtime.ring.ring())}, status=200 if ready else 503
+        )
+
+    @app.page("/metrics")
+    async def prometheus(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    def owned_here(record: ClientRecord) -> bool:
+        """Whether this worker owns the client's partition now (after a rebalance the memory
+        store may still hold a copy of a partition that moved away)."""
+        actives = app.assignor.assigned_actives()
+        return TP(settings.topic_interactions, record.partition) in actives
+
+    @app.page("/clients/{client_id}")
+    async def client_view(web: Any, request: Any, client_id: str) -> Any:
+        record = record_of(client_id.encode())
+        if record is None or not owned_here(record):
+            return web.json({"client_id": client_id, "known": False}, status=404)
+        predictions = runtime.engine.predictions_for(client_id, record)
+        return web.json(
+            {
+                "client_id": client_id,
+                "known": True,
+                "events": record.events,
+                "hits": record.hits,
+                "last_items": record.session.items[-10:],
+                "predictions": [[item, p] for item, p in predictions],
+                "threshold_offset": record.threshold_offset,
+                "partition": record.partition,
+                "offset": record.offset,
+            }
+        )
+
+    return app
+
+
+app = create_app(Settings())

@@ -1,0 +1,214 @@
+"""The prediction engine's per-event step: score, learn, predict, plan, route. Pure logic.
+
+The Faust agents are thin loops around :class:`Engine`: they decode the record, fetch the
+client's :class:`ClientRecord` from the table, call :meth:`Engine.on_interaction` or
+:meth:`Engine.on_feedback`, store the new record and send what the step produced. Nothing here
+touches Kafka, the clock or randomness, so the evaluator, the tests and the worker all drive
+the same code and get the same predictions.
+
+Every record carries the (partition, offset) it was last applied at: Kafka delivers at least
+once, and a replayed event is recognised and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import msgspec
+
+from foresight.ring import EmptyRingError, HashRing
+from schemas import Feedback, Interaction, PrefetchCommand, SecurityAlert
+from streams.guard import AbuseGuard
+from streams.guard import ClientState as GuardState
+from streams.planner import Connection, PlannerConfig, PlannerState, apply_feedback, plan
+from streams.predictor import ClientState, Foresight
+
+MODEL_NAME = "foresight-v1"
+
+
+class ClientRecord(msgspec.Struct, kw_only=True):
+    """Everything the worker keeps for one client, stored as msgpack bytes in a Faust table."""
+
+    session: ClientState = msgspec.field(default_factory=ClientState)
+    last_prediction: list[str] = msgspec.field(default_factory=list)
+    tokens: float | None = None
+    counted_at: float | None = None
+    threshold_offset: float = 0.0
+    # content_id -> expires_at of prefetches already commanded: the node holds them
+    prefetched: dict[str, float] = msgspec.field(default_factory=dict)
+    guard: GuardState = msgspec.field(default_factory=GuardState)
+    partition: int = -1
+    offset: int = -1
+    events: int = 0
+    hits: int = 0
+
+    def planner_state(self) -> PlannerState:
+        return PlannerState(self.tokens, self.counted_at, self.threshold_offset)
+
+
+_encode_record = msgspec.msgpack.Encoder().encode
+_decode_record = msgspec.msgpack.Decoder(ClientRecord).decode
+
+
+def dumps_record(record: ClientRecord) -> bytes:
+    return _encode_record(record)
+
+
+def loads_record(data: bytes) -> ClientRecord:
+    return _decode_record(data)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    top_k: int = 5
+    command_ttl_s: float = 600.0
+    model_name: str = MODEL_NAME
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+
+
+@dataclass
+class Step:
+    """What one interaction produced."""
+
+    record: ClientRecord
+    predictions: list[tuple[str, float]]
+    commands: list[tuple[int, PrefetchCommand]]  # (prefetch-commands partition, command)
+    alert: SecurityAlert | None = None
+    scored: bool = False  # the event was scored against the previous prediction
+    hit: bool = False
+    duplicate: bool = False  # already applied: nothing changed
+    unrouted: int = 0  # commands dropped because the ring has no live node
+    blocked: bool = False  # the abuse guard stopped this client's prefetches
+    threshold: float = 0.0
+
+
+def command_id(client_id: str, content_id: str, event_id: str) -> str:
+    """Deterministic, so a replayed event produces the same id and nodes can deduplicate."""
+    digest = hashlib.sha256(f"{client_id}\x1f{content_id}\x1f{event_id}".encode()).hexdigest()
+    return digest[:32]
+
+
+class Engine:
+    """Drives the predictor, the planner, the guard and the ring for one event at a time."""
+
+    def __init__(
+        self,
+        predictor: Foresight,
+        config: EngineConfig | None = None,
+        guard: AbuseGuard | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.config = config or EngineConfig()
+        self.guard = guard
+
+    def predictions_for(
+        self, client_id: str, record: ClientRecord | None
+    ) -> list[tuple[str, float]]:
+        """The client's current top k, without changing anything (for inspection)."""
+        self.predictor.set_client_state(client_id, (record or ClientRecord()).session)
+        try:
+            return self.predictor.predict(client_id, self.config.top_k)
+        finally:
+            self.predictor.forget(client_id)
+
+    def on_interaction(
+        self,
+        event: Interaction,
+        record: ClientRecord | None,
+        ring: HashRing,
+        partition: int,
+        offset: int,
+    ) -> Step:
+        record = record or ClientRecord()
+        if record.partition == partition and offset <= record.offset:
+            return Step(record, [], [], duplicate=True)
+        client = event.client_id
+        # Score first: was this click among the last predictions?
+        scored = bool(record.last_prediction)
+        hit = scored and event.content_id in record.last_prediction[: self.config.top_k]
+        # Then learn, then predict the next clicks.
+        self.predictor.set_client_state(client, record.session)
+        self.predictor.learn(client, event.content_id, event.ts)
+        predictions = self.predictor.predict(client, self.config.top_k)
+        session = self.predictor.client_state(client) or ClientState()
+        self.predictor.forget(client)  # the table holds client state, not the predictor
+
+        guard_state, blocked, alert = record.guard, False, None
+        if self.guard is not None:
+            guard_state, verdict = self.guard.step(record.guard, client, event.content_id, event.ts)
+            blocked = verdict.flagged
+            if verdict.newly_flagged:
+                alert = self.guard.alert(verdict)
+        ctx = event.context
+        connection: Connection | None = ctx.connection if ctx is not None else None
+        prefetched = {c: t for c, t in record.prefetched.items() if t > event.ts}
+        planned = plan(
+            predictions,
+            record.planner_state(),
+            now=event.ts,
+            connection=connection,
+            save_data=bool(ctx and ctx.save_data) or blocked,
+            held={c: "commanded" for c in prefetched},
+            config=self.config.planner,
+        )
+        commands: list[tuple[int, PrefetchCommand]] = []
+        unrouted = 0
+        for decision in planned.decisions:
+            try:
+                slot = ring.owner(client).slot
+            except EmptyRingError:
+                unrouted += 1
+                continue
+            expires = event.ts + self.config.command_ttl_s
+            commands.append(
+                (
+                    slot,
+                    PrefetchCommand(
+                        command_id=command_id(client, decision.content_id, event.event_id),
+                        client_id=client,
+                        content_id=decision.content_id,
+                        probability=decision.probability,
+                        rank=decision.rank,
+                        model=self.config.model_name,
+                        issued_at=event.ts,
+                        expires_at=expires,
+                        event_ts=event.ts,
+                    ),
+                )
+            )
+            prefetched[decision.content_id] = expires
+        new = ClientRecord(
+            session=session,
+            last_prediction=[item for item, _ in predictions],
+            tokens=planned.state.tokens,
+            counted_at=planned.state.counted_at,
+            threshold_offset=planned.state.offset,
+            prefetched=prefetched,
+            guard=guard_state,
+            partition=partition,
+            offset=offset,
+            events=record.events + 1,
+            hits=record.hits + int(hit),
+        )
+        return Step(
+            new,
+            predictions,
+            commands,
+            alert=alert,
+            scored=scored,
+            hit=hit,
+            unrouted=unrouted,
+            blocked=blocked,
+            threshold=planned.threshold,
+        )
+
+    def on_feedback(self, feedback: Feedback, record: ClientRecord | None) -> ClientRecord:
+        """A hit lowers the client's threshold a little, an unused or expired prefetch raises
+        it; a miss leaves it (the model, not the threshold, missed the item)."""
+        record = record or ClientRecord()
+        state = apply_feedback(record.planner_state(), feedback.outcome, self.config.planner)
+        prefetched = dict(record.prefetched)
+        if feedback.outcome in ("unused", "expired"):
+            prefetched.pop(feedback.content_id, None)
+        return msgspec.structs.replace(record, threshold_offset=state.offset, prefetched=prefetched)

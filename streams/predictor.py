@@ -1,0 +1,328 @@
+"""Foresight's next-click predictor: global online signals re-ranked by an online River model.
+
+Pure logic: no Faust, no Kafka, no clock (times come from events), no randomness (ties break by
+content id), so the same events in the same order give the same predictions.
+
+Per client: the current session, its last ``history`` clicks and the last click's time (a gap
+over ``session_gap_s`` starts a new one); :func:`dumps_client_state` makes it ~60 bytes.
+
+Shared by all clients, :class:`GlobalSignals` learns from every event: sequential rules
+``a -> b`` weighted ``1/distance`` within ``steps`` clicks (SR), first-order transitions, the
+reverse rules ``b -> a``, time-decayed popularity, a River logistic regression that re-ranks
+candidates from their features, and a River logistic calibrator that maps a candidate's
+re-ranker logit and its softmax share to the probability that it is the next click.
+
+Predict: candidates come from the strongest rules of the session's recent clicks, the reverse
+rules of the last click, the session's own clicks (repeat clicks are common) and the popular
+items; a fixed blend keeps the best ``pool``, the River model re-ranks them, the calibrator
+gives the top k their probabilities. Learn (score, then learn): the re-ranker and calibrator
+learn from the ranking of the client's prefix, labelled by the click; then the click is counted.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any, Protocol
+
+import msgspec
+from river import linear_model, optim
+
+from streams.baselines import Leaderboard, SequenceRules, inverse_weight, top_k, unit_weight
+
+Scored = list[tuple[str, float, dict[str, float]]]
+
+
+class Predictor(Protocol):
+    """What the evaluation loop and the stream worker need from any predictor."""
+
+    def predict(self, client_id: str, k: int = 5) -> list[tuple[str, float]]:
+        """Up to k ``(content_id, probability)``, most likely first, no duplicates."""
+        ...
+
+    def learn(self, client_id: str, content_id: str, ts: float) -> None:
+        """Take in the client's click on ``content_id`` at event time ``ts``."""
+        ...
+
+
+@dataclass(frozen=True)
+class ForesightConfig:
+    """Knobs of the predictor; the defaults were tuned on train_tr -> train_valid."""
+
+    steps: int = 10  # SR window
+    history: int = 20  # clicks kept per client
+    earlier: int = 5  # recent clicks whose rules propose candidates
+    session_gap_s: float = 1800.0
+    popularity_half_life_s: float = 6 * 3600.0
+    popular: int = 10  # most popular items always among the candidates
+    leaders: int = 30  # strongest rules of the last click that are candidates
+    earlier_leaders: int = 10  # strongest rules of each earlier click that are candidates
+    pool: int = 30  # candidates the River model re-ranks
+    learn_top: int = 20  # candidates (by current rank) the re-ranker learns from per click
+    calibrate_top: int = 5  # predictions per click the calibrator learns from
+    learning_rate: float = 0.01
+    rerank: bool = True  # False: rank by the fixed blend (the "without River" measurement)
+    blend: tuple[float, float, float, float] = (0.5, 0.3, 0.3, 0.001)  # srs, back, recency, pop
+
+
+class ClientState(msgspec.Struct, array_like=True):
+    """One client's current session: its recent clicks, oldest first, and the last one's time."""
+
+    items: list[str] = msgspec.field(default_factory=list)
+    last_ts: float | None = None
+
+
+def dumps_client_state(state: ClientState) -> bytes:
+    """Compact msgpack bytes (no River objects inside, so no River-version coupling)."""
+    return msgspec.msgpack.encode(state)
+
+
+def loads_client_state(data: bytes) -> ClientState:
+    return msgspec.msgpack.decode(data, type=ClientState)
+
+
+class GlobalSignals:
+    """Everything learned from all clients' events: rule tables, popularity, River models."""
+
+    def __init__(self, config: ForesightConfig) -> None:
+        self.forward = SequenceRules(config.steps, inverse_weight, config.leaders)
+        self.markov = SequenceRules(1, unit_weight, config.leaders)
+        self.backward = SequenceRules(config.steps, inverse_weight, config.leaders)
+        self.popularity = Leaderboard(config.popular)
+        self.half_life = config.popularity_half_life_s
+        self.origin: float | None = None  # event time at which a popularity click adds 1
+        # River models are untyped: Any keeps mypy strict everywhere else.
+        self.ranker: Any = linear_model.LogisticRegression(
+            optimizer=optim.Adam(config.learning_rate), intercept_lr=config.learning_rate
+        )
+        self.calibrator: Any = linear_model.LogisticRegression(optimizer=optim.SGD(0.02))
+        self.events = 0
+
+    def observe(self, recent: list[str], item: str, ts: float) -> None:
+        """Count ``item`` clicked at ``ts`` after the session's ``recent`` clicks."""
+        self.events += 1
+        self.forward.observe(recent, item)
+        self.markov.observe(recent, item)
+        n = len(recent)
+        for distance in range(1, min(self.backward.steps, n) + 1):
+            self.backward.add(item, recent[n - distance], 1.0 / distance)
+        if self.origin is None:
+            self.origin = ts
+        exponent = (ts - self.origin) * math.log(2.0) / self.half_life
+        if exponent > 50.0:  # keep the growing weights finite: rescale, the ranking holds
+            self.popularity.rescale(math.exp(-exponent))
+            self.origin, exponent = ts, 0.0
+        self.popularity.add(item, math.exp(max(-50.0, exponent)))
+
+    def prune(self, keep: int = 100) -> None:
+        """Bound memory in a long-lived worker: keep each item's ``keep`` strongest rules."""
+        for table in (self.forward, self.markov, self.backward):
+            table.prune(keep)
+
+
+def dumps_global_state(signals: GlobalSignals) -> bytes:
+    """Pickle (protocol 5) behind a River-version header: River pickles break across versions."""
+    return _header() + pickle.dumps(signals, protocol=5)
+
+
+def loads_global_state(data: bytes) -> GlobalSignals:
+    """The signals :func:`dumps_global_state` wrote (unpickling: only bytes we wrote ourselves)."""
+    header = _header()
+    if not data.startswith(header):
+        raise ValueError(f"not Foresight global state for river {version('river')}")
+    signals = pickle.loads(data[len(header) :])
+    if not isinstance(signals, GlobalSignals):
+        raise ValueError("the payload is not GlobalSignals")
+    return signals
+
+
+def _header() -> bytes:
+    return f"foresight-global/1 river={version('river')}\n".encode()
+
+
+def candidates(signals: GlobalSignals, state: ClientState, config: ForesightConfig) -> Scored:
+    """The client's candidates with their features, pre-ranked by the fixed blend."""
+    items = state.items
+    n = len(items)
+    last = items[-1]
+    forward_row = signals.forward.row(last)
+    back_row = signals.backward.row(last)
+    forward, forward_total = forward_row.scores, forward_row.total or 1.0
+    back, back_total = back_row.scores, back_row.total or 1.0
+    markov_row = signals.markov.row(last)
+    markov, markov_total = markov_row.scores, markov_row.total or 1.0
+    recency: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for position in range(1, n + 1):
+        item = items[n - position]
+        recency.setdefault(item, position)
+        counts[item] = counts.get(item, 0) + 1
+    # Rules of the clicks before the last, weighted 1/distance, as shares of each row.
+    reach = range(2, min(n, config.earlier) + 1)
+    norm = sum(1.0 / d for d in reach) or 1.0
+    earlier = [(signals.forward.row(items[n - d]), d * norm) for d in reach]
+    earlier = [(row, scale * row.total) for row, scale in earlier if row.total]
+    popularity = signals.popularity
+    popular = popularity.top(config.popular)
+    most = popularity.scores[popular[0]] if popular else 1.0
+    pool = dict.fromkeys(forward_row.top(config.leaders))
+    pool.update(dict.fromkeys(back_row.top(config.leaders)))
+    for row, _ in earlier:
+        pool.update(dict.fromkeys(row.top(config.earlier_leaders)))
+    pool.update(dict.fromkeys(recency))
+    pool.update(dict.fromkeys(popular))
+    repeat_ratio = 1.0 - len(recency) / n
+    length = "1" if n == 1 else "2" if n == 2 else "3-4" if n <= 4 else "5+"
+    confidence = forward_row.total / (forward_row.total + 5.0)
+    w_earlier, w_back, w_recency, w_pop = config.blend
+    signal: dict[str, tuple[float, float, float]] = {}
+    blended: list[tuple[str, float]] = []
+    for item in pool:
+        sr = forward.get(item, 0.0) / forward_total
+        srs = sum(row.scores.get(item, 0.0) / divisor for row, divisor in earlier)
+        bk = back.get(item, 0.0) / back_total
+        rank = recency.get(item)
+        signal[item] = (sr, srs, bk)
+        blend = sr + w_earlier * srs + w_back * bk + w_pop * popularity.scores.get(item, 0.0) / most
+        blended.append((item, blend + (w_recency / rank if rank else 0.0)))
+    out: Scored = []
+    for item, blend in top_k(blended, config.pool):
+        sr, srs, bk = signal[item]
+        rank = recency.get(item)
+        kind = "new" if rank is None else "last" if rank == 1 else "repeat"
+        x = {
+            "sr": sr,
+            "srs": srs,
+            "bk": bk,
+            "mk": markov.get(item, 0.0) / markov_total,
+            "log_sr": math.log(sr + 1e-3),
+            "log_srs": math.log(srs + 1e-3),
+            "log_bk": math.log(bk + 1e-3),
+            "log_pop": math.log(popularity.scores.get(item, 0.0) / most + 1e-4),
+            "blend": blend,
+            "log_blend": math.log(blend + 1e-3),
+            "sr_sure": sr * confidence,
+            "sr_unsure": sr * (1.0 - confidence),
+            f"{kind}_at_length_{length}": 1.0,
+        }
+        if rank:
+            x[f"recent_{min(rank, 5)}"] = 1.0
+            x["repeats"] = math.log(counts[item])
+            x["repeat_ratio"] = repeat_ratio
+            x["repeat_length"] = math.log(n)
+            x["repeat_unsure"] = 1.0 - confidence
+        out.append((item, blend, x))
+    return out
+
+
+class Foresight:
+    """The predictor: per-client sessions over shared :class:`GlobalSignals`.
+
+    ``clients`` caches client states by id; a stream worker that keeps them elsewhere moves
+    them in and out with :meth:`client_state`, :meth:`set_client_state` and :meth:`forget`.
+    """
+
+    def __init__(
+        self, config: ForesightConfig | None = None, signals: GlobalSignals | None = None
+    ) -> None:
+        self.config = config or ForesightConfig()
+        self.signals = signals or GlobalSignals(self.config)
+        self.clients: dict[str, ClientState] = {}
+        # The last ranking computed, reused by learn() when nothing was learned since predict().
+        self._last: tuple[str, int, Scored] | None = None
+
+    def client_state(self, client_id: str) -> ClientState | None:
+        return self.clients.get(client_id)
+
+    def set_client_state(self, client_id: str, state: ClientState) -> None:
+        self.clients[client_id] = state
+        self._last = None
+
+    def forget(self, client_id: str) -> None:
+        self.clients.pop(client_id, None)
+        self._last = None
+
+    def predict(self, client_id: str, k: int = 5) -> list[tuple[str, float]]:
+        """The client's k likeliest next clicks with calibrated probabilities, best first."""
+        state = self.clients.get(client_id)
+        if k <= 0:
+            return []
+        if state is None or not state.items:
+            popularity = self.signals.popularity
+            # No session yet (cold start): the shares of time-decayed popularity.
+            return [
+                (item, popularity.scores[item] / popularity.total) for item in popularity.top(k)
+            ]
+        ranked = self._ranked(client_id, state)
+        shares = _shares(ranked, self.config.rerank)
+        out: list[tuple[str, float]] = []
+        ceiling = 1.0
+        for (item, score, _), share in zip(ranked[:k], shares, strict=False):
+            p = self.signals.calibrator.predict_proba_one(self._calibration(score, share))[True]
+            ceiling = min(ceiling, p)  # keep probabilities sorted like the ranking
+            out.append((item, ceiling))
+        return out
+
+    def learn(self, client_id: str, content_id: str, ts: float) -> None:
+        """Score the ranking of the client's prefix against the click, learn it, then count it."""
+        state = self.clients.get(client_id) or ClientState()
+        if state.last_ts is not None and ts - state.last_ts > self.config.session_gap_s:
+            state = ClientState()  # a new session: the old one's clicks predict little
+        if state.items:
+            self._learn_ranking(self._ranked(client_id, state), content_id)
+        self.signals.observe(state.items, content_id, ts)
+        items = [*state.items, content_id][-self.config.history :]
+        self.clients[client_id] = ClientState(items, ts)
+        self._last = None
+
+    def _ranked(self, client_id: str, state: ClientState) -> Scored:
+        """Candidates ranked by the River re-ranker (or the blend), reusing the last ranking."""
+        last = self._last
+        if last is not None and last[0] == client_id and last[1] == self.signals.events:
+            return last[2]
+        ranked = candidates(self.signals, state, self.config)
+        if self.config.rerank:
+            proba = self.signals.ranker.predict_proba_one
+            ranked = [(item, _logit(proba(x)[True]), x) for item, _, x in ranked]
+            ranked.sort(key=lambda c: (-c[1], c[0]))
+        self._last = (client_id, self.signals.events, ranked)
+        return ranked
+
+    def _learn_ranking(self, ranked: Scored, actual: str) -> None:
+        config, signals = self.config, self.signals
+        shares = _shares(ranked, config.rerank)
+        for (item, score, _), share in zip(ranked[: config.calibrate_top], shares, strict=False):
+            signals.calibrator.learn_one(self._calibration(score, share), item == actual)
+        if not config.rerank:
+            return
+        positive = next((x for item, _, x in ranked if item == actual), None)
+        if positive is None:  # nothing to rank above the others
+            return
+        for item, _, x in ranked[: config.learn_top]:
+            signals.ranker.learn_one(x, item == actual)
+        if all(item != actual for item, _, _ in ranked[: config.learn_top]):
+            signals.ranker.learn_one(positive, True)
+
+    def _calibration(self, score: float, share: float) -> dict[str, float]:
+        logit = score if self.config.rerank else math.log(score + 1e-4)
+        return {"logit": logit, "log_share": math.log(share + 1e-6)}
+
+
+def _logit(p: float) -> float:
+    p = min(1.0 - 1e-12, max(1e-12, p))
+    return math.log(p) - math.log1p(-p)
+
+
+def _shares(ranked: Scored, rerank: bool) -> list[float]:
+    """Each candidate's share of the total: softmax of logits, or of blend scores."""
+    if not ranked:
+        return []
+    if rerank:
+        top = ranked[0][1]
+        weights = [math.exp(score - top) for _, score, _ in ranked]
+    else:
+        weights = [score for _, score, _ in ranked]
+    total = sum(weights) or 1.0
+    return [w / total for w in weights]

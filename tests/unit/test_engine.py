@@ -1,0 +1,117 @@
+"""The worker's per-event step, without Kafka: scoring, routing, idempotence, feedback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from foresight.ring import HashRing, Member
+from producers.datasets import read_yoochoose
+from schemas import Context, Feedback, Interaction
+from streams.engine import ClientRecord, Engine, dumps_record, loads_record
+from streams.guard import AbuseGuard
+from streams.predictor import Foresight
+
+RING = HashRing([Member("a", slot=1), Member("b", slot=4), Member("c", slot=6)])
+
+
+def _click(client: str, item: str, ts: float, n: int, **context: object) -> Interaction:
+    ctx = Context(**context) if context else None  # type: ignore[arg-type]
+    return Interaction(
+        event_id=f"{client}-{n}",
+        client_id=client,
+        content_id=item,
+        kind="click",
+        ts=ts,
+        context=ctx,
+    )
+
+
+def _warm(engine: Engine) -> None:
+    """Many sessions walking a -> b -> c, so b is very likely after a."""
+    for n in range(200):
+        for i, item in enumerate(("a", "b", "c")):
+            engine.predictor.learn(f"warm-{n}", item, 1000.0 + n * 100 + i)
+
+
+def test_commands_go_to_the_owners_slot_and_scoring_comes_first() -> None:
+    engine = Engine(Foresight())
+    _warm(engine)
+    step = engine.on_interaction(_click("client-9", "a", 50_000.0, 1), None, RING, 0, 10)
+    assert not step.scored  # nothing was predicted for this client before
+    assert step.predictions[0][0] == "b"
+    assert step.commands, "b is likely enough to prefetch on 4g"
+    assert {slot for slot, _ in step.commands} == {RING.owner("client-9").slot}
+    assert step.commands[0][1].content_id == "b"
+    second = engine.on_interaction(_click("client-9", "b", 50_010.0, 2), step.record, RING, 0, 11)
+    assert second.scored and second.hit
+    assert second.record.hits == 1 and second.record.events == 2
+
+
+def test_a_replayed_event_changes_nothing() -> None:
+    engine = Engine(Foresight())
+    step = engine.on_interaction(_click("c1", "a", 10.0, 1), None, RING, 2, 7)
+    again = engine.on_interaction(_click("c1", "a", 10.0, 1), step.record, RING, 2, 7)
+    assert again.duplicate and again.record == step.record and not again.commands
+
+
+def test_save_data_and_an_empty_ring_send_nothing() -> None:
+    engine = Engine(Foresight())
+    _warm(engine)
+    saving = engine.on_interaction(_click("c2", "a", 9e4, 1, save_data=True), None, RING, 0, 1)
+    assert saving.predictions and not saving.commands
+    nowhere = engine.on_interaction(_click("c3", "a", 9e4, 1), None, HashRing(), 0, 2)
+    assert not nowhere.commands and nowhere.unrouted > 0
+
+
+def test_a_scraper_is_blocked_and_alerted_once_while_people_keep_their_prefetches(
+    yoochoose_dir: Path,
+) -> None:
+    engine = Engine(Foresight(), guard=AbuseGuard())
+    records: dict[str, ClientRecord] = {}
+    people = sorted(read_yoochoose(yoochoose_dir / "train_tr.tsv"), key=lambda e: e.ts)[:20000]
+    for offset, event in enumerate(people):
+        step = engine.on_interaction(event, records.get(event.client_id), RING, 0, offset)
+        records[event.client_id] = step.record
+    start = people[-1].ts
+    bot = None
+    alerts = []
+    for n in range(60):  # a fast, regular walk over sequential ids
+        event = _click("bot-1", str(214500000 + n), start + n * 0.5, n)
+        bot = engine.on_interaction(event, bot.record if bot else None, RING, 0, 30000 + n)
+        if bot.alert is not None:
+            alerts.append((n, bot.alert))
+    assert bot is not None and bot.blocked and not bot.commands
+    assert len(alerts) == 1 and alerts[0][0] < 20
+    assert alerts[0][1].client_id == "bot-1"
+    flagged_people = [c for c, r in records.items() if r.guard.flagged]
+    assert len(flagged_people) <= 0.01 * len(records)
+
+
+def test_an_item_commanded_once_is_not_commanded_again_before_it_expires() -> None:
+    engine = Engine(Foresight())
+    _warm(engine)
+    first = engine.on_interaction(_click("c4", "a", 9e4, 1), None, RING, 0, 1)
+    again = engine.on_interaction(_click("c4", "a", 9e4 + 5, 2), first.record, RING, 0, 2)
+    first_items = {c.content_id for _, c in first.commands}
+    assert "b" in first_items
+    assert "b" not in {c.content_id for _, c in again.commands}
+
+
+def test_feedback_moves_the_threshold() -> None:
+    engine = Engine(Foresight())
+    record = ClientRecord()
+    hit = Feedback(client_id="c", content_id="x", version=1, outcome="hit", latency_ms=1, ts=1)
+    unused = Feedback(
+        client_id="c", content_id="x", version=1, outcome="unused", latency_ms=0, ts=2
+    )
+    lowered = engine.on_feedback(hit, record)
+    raised = engine.on_feedback(unused, record)
+    assert lowered.threshold_offset < record.threshold_offset < raised.threshold_offset
+
+
+def test_the_record_round_trips_through_bytes() -> None:
+    engine = Engine(Foresight())
+    step = engine.on_interaction(_click("c5", "a", 10.0, 1), None, RING, 3, 99)
+    data = dumps_record(step.record)
+    assert loads_record(data) == step.record
+    assert len(data) < 2048

@@ -1,0 +1,120 @@
+"""The evaluation protocol, its scores, and its agreement with published reference numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from streams.baselines import Markov1, SequentialRules
+from streams.evaluation import (
+    DEFAULT_MODELS,
+    Tally,
+    evaluate,
+    read_sessions,
+    render_table,
+    run,
+    work,
+)
+
+HEADER = "SessionId\tItemId\tTime\n"
+
+
+def write(path: Path, rows: list[tuple[str, str, float]]) -> Path:
+    path.write_text(HEADER + "".join(f"{s}\t{i}\t{t}\n" for s, i, t in rows))
+    return path
+
+
+class Spy:
+    """A predictor that records the order of calls and what it knew when it predicted."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def predict(self, client_id: str, k: int = 5) -> list[tuple[str, float]]:
+        self.calls.append(("predict", client_id, ""))
+        return [("b", 0.9), ("x", 0.5)][:k]
+
+    def learn(self, client_id: str, content_id: str, ts: float) -> None:
+        self.calls.append(("learn", client_id, content_id))
+
+
+def test_sessions_are_ordered_by_first_click_and_clicks_by_time(tmp_path: Path) -> None:
+    rows = [("late", "c", 30.0), ("late", "a", 10.0), ("early", "z", 5.0), ("late", "b", 20.0)]
+    sessions = read_sessions(write(tmp_path / "t.tsv", rows))
+    assert [s for s, _ in sessions] == ["early", "late"]
+    assert [item for _, item in sessions[1][1]] == ["a", "b", "c"]
+
+
+def test_a_bad_file_is_refused_with_its_line(tmp_path: Path) -> None:
+    bad_header = tmp_path / "h.tsv"
+    bad_header.write_text("a\tb\tc\n1\t2\t3\n")
+    with pytest.raises(ValueError, match="header"):
+        read_sessions(bad_header)
+    bad_row = tmp_path / "r.tsv"
+    bad_row.write_text(HEADER + "1\tx\t1.0\n1\ty\tnot-a-time\n")
+    with pytest.raises(ValueError, match=":3:"):
+        read_sessions(bad_row)
+
+
+def test_train_is_learned_and_each_test_click_is_scored_before_it_is_learned(
+    tmp_path: Path,
+) -> None:
+    train = write(tmp_path / "train.tsv", [("t1", "a", 1.0), ("t1", "b", 2.0)])
+    test = write(tmp_path / "test.tsv", [("q", "a", 10.0), ("q", "b", 11.0), ("q", "c", 12.0)])
+    spy = Spy()
+    run(spy, read_sessions(train), read_sessions(test))
+    assert spy.calls == [
+        ("learn", "t1", "a"),
+        ("learn", "t1", "b"),
+        ("learn", "q", "a"),  # the first click of a test session is not scored
+        ("predict", "q", ""),
+        ("learn", "q", "b"),
+        ("predict", "q", ""),
+        ("learn", "q", "c"),
+    ]
+
+
+def test_scores_of_a_hand_made_case() -> None:
+    tally = Tally(threshold=0.15)
+    tally.add([("b", 0.9), ("x", 0.5)], "b")  # a hit at rank 1
+    tally.add([("b", 0.9), ("x", 0.5)], "c")  # a miss
+    tally.add([("y", 0.1), ("c", 0.05)] + [(f"f{i}", 0.0) for i in range(4)], "c")  # rank 2
+    scores = tally.result()
+    assert scores["hr@1"] == pytest.approx(1 / 3)
+    assert scores["hr@3"] == pytest.approx(2 / 3)
+    assert scores["mrr@5"] == pytest.approx((1 + 0.5) / 3)
+    assert scores["precision"] == pytest.approx(1 / 4)  # 4 items at or above 0.15, 1 right
+    assert scores["prefetches_per_click"] == pytest.approx(4 / 3)
+    squares = [0.1**2, 0.5**2, 0.9**2, 0.5**2, 0.1**2, 0.95**2, 0, 0, 0]
+    assert scores["brier"] == pytest.approx(sum(squares) / 9)  # top 5 of each list
+
+
+def test_evaluate_reports_every_model_and_drives_the_progress_bar(tmp_path: Path) -> None:
+    rows = [(f"s{n}", f"i{(n + j) % 7}", n * 100.0 + j) for n in range(30) for j in range(4)]
+    train = write(tmp_path / "train.tsv", rows[:80])
+    test = write(tmp_path / "test.tsv", rows[80:])
+    advanced: list[int] = []
+    result = evaluate(train, test, progress=advanced.append)
+    assert result["events"] == 30  # 10 test sessions of 4 clicks, 3 scored each
+    assert set(result["models"]) == set(DEFAULT_MODELS)
+    for scores in result["models"].values():
+        for key in ("hr@1", "hr@3", "hr@5", "hr@20", "mrr@5", "precision", "brier"):
+            assert 0.0 <= scores[key] <= 1.0
+        assert scores["hr@1"] <= scores["hr@3"] <= scores["hr@5"] <= scores["hr@20"]
+    assert sum(advanced) == work(train, test) == 4 * 120
+    console = Console(record=True, width=200)
+    console.print(render_table(result))
+    text = console.export_text()
+    assert all(name in text for name in DEFAULT_MODELS)
+
+
+def test_the_references_land_on_the_published_numbers_for_this_sample(
+    yoochoose_dir: Path,
+) -> None:
+    """Markov-1 0.498 and SR 0.509 HR@5 (test-then-train): the protocol is the usual one."""
+    train = read_sessions(yoochoose_dir / "train_full.tsv")
+    test = read_sessions(yoochoose_dir / "test.tsv")
+    assert run(Markov1(), train, test)["hr@5"] == pytest.approx(0.498, abs=0.01)
+    assert run(SequentialRules(), train, test)["hr@5"] == pytest.approx(0.509, abs=0.01)
