@@ -55,7 +55,11 @@ typecheck: install ## mypy --strict over the project
 
 bench: services-up ## Benchmarks: each prints one JSON object
 	$(FORESIGHT) topics create
+	$(FORESIGHT) db migrate
 	$(BIN)/python bench/produce.py
+	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/guard_fpr.py
+	$(BIN)/python bench/eval_yoochoose.py
 
 schemas: install ## Re-export the JSON Schemas from the records
 	$(FORESIGHT) schemas export
