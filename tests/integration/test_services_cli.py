@@ -48,7 +48,7 @@ def _service_processes(state_dir: Path) -> dict[str, int]:
 def test_status_exits_zero_with_pids_when_up(base_settings: Settings) -> None:
     result = _run("services", "status")
     assert result.returncode == 0, result.stdout
-    assert "healthy" in result.stdout and "9092" in result.stdout
+    assert "healthy" in result.stdout and str(base_settings.kafka_port) in result.stdout
 
 
 def test_up_twice_leaves_one_kafka_and_one_cassandra(base_settings: Settings) -> None:
@@ -75,10 +75,10 @@ def _free_port() -> int:
 def test_a_port_taken_by_another_program_is_one_line(
     base_settings: Settings, other_state: dict[str, str]
 ) -> None:
-    # The running Kafka holds 9092; a second state folder asking for the same port must refuse.
+    # The running Kafka holds its port; a second state folder asking for it must refuse.
     result = _run("services", "up", env=other_state)
     assert result.returncode == 1
-    assert "port 9092 is taken by" in result.stderr
+    assert f"port {base_settings.kafka_port} is taken by" in result.stderr
     assert "Traceback" not in result.stderr
 
 
