@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ from foresight.settings import Settings
 
 def test_defaults_are_loopback_and_single_node(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir("/")
+    for name in list(os.environ):
+        if name.startswith("FORESIGHT_"):
+            monkeypatch.delenv(name)
     settings = Settings()
     assert settings.kafka_bootstrap_servers == "127.0.0.1:9092"
     assert settings.replication_map() == {"class": "SimpleStrategy", "replication_factor": 1}
