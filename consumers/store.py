@@ -1,0 +1,194 @@
+"""The cache node's Cassandra tables, through prepared statements awaited from asyncio.
+
+Writes are idempotent (the same version written twice is the same row), so a replayed
+prefetch command is harmless. In-flight requests are capped so a burst cannot queue without
+bound inside the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cassandra.cluster import Session
+
+from foresight.cassandra import execute
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    content_id: str
+    version: int
+    digest: str
+    etag: str | None
+    content_type: str
+    size: int
+    body: bytes | None = None  # None when only the metadata was read
+
+
+def _first(rows: list[Any]) -> Any:
+    """The first row of a result (the driver's async callbacks hand over a plain list: the
+    first page, up to 5,000 rows, more than any of these queries returns)."""
+    return rows[0] if rows else None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ContentStore:
+    """content_versions, content_latest, client_holdings, content_holders, client_history and
+    pending_pushes for one keyspace."""
+
+    def __init__(self, session: Session, keyspace: str, max_in_flight: int = 128) -> None:
+        self._session = session
+        self._limit = asyncio.Semaphore(max_in_flight)
+        ks = keyspace
+        prepare = session.prepare
+        self._put_version = prepare(
+            f"INSERT INTO {ks}.content_versions (content_id, version, digest, etag, content_type,"
+            " size, fetched_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        self._put_latest = prepare(
+            f"INSERT INTO {ks}.content_latest (content_id, version, digest, etag, content_type,"
+            " size, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        self._get_latest = prepare(
+            f"SELECT version, digest, etag, content_type, size FROM {ks}.content_latest"
+            " WHERE content_id = ?"
+        )
+        self._get_version = prepare(
+            f"SELECT version, digest, etag, content_type, size, body FROM {ks}.content_versions"
+            " WHERE content_id = ? AND version = ?"
+        )
+        self._put_holding = prepare(
+            f"INSERT INTO {ks}.client_holdings (client_id, content_id, version, digest,"
+            " pushed_at) VALUES (?, ?, ?, ?, ?)"
+        )
+        self._put_holder = prepare(
+            f"INSERT INTO {ks}.content_holders (content_id, client_id, version) VALUES (?, ?, ?)"
+        )
+        self._del_holding = prepare(
+            f"DELETE FROM {ks}.client_holdings WHERE client_id = ? AND content_id = ?"
+        )
+        self._del_holder = prepare(
+            f"DELETE FROM {ks}.content_holders WHERE content_id = ? AND client_id = ?"
+        )
+        self._get_holdings = prepare(
+            f"SELECT content_id, version, digest FROM {ks}.client_holdings WHERE client_id = ?"
+        )
+        self._get_holders = prepare(
+            f"SELECT client_id, version FROM {ks}.content_holders WHERE content_id = ?"
+        )
+        self._put_history = prepare(
+            f"INSERT INTO {ks}.client_history (client_id, ts, event_id, content_id, kind)"
+            " VALUES (?, ?, ?, ?, ?)"
+        )
+        self._put_pending = prepare(
+            f"INSERT INTO {ks}.pending_pushes (client_id, content_id, version, queued_at)"
+            " VALUES (?, ?, ?, ?)"
+        )
+        self._get_pending = prepare(
+            f"SELECT content_id, version FROM {ks}.pending_pushes WHERE client_id = ?"
+        )
+        self._del_pending = prepare(
+            f"DELETE FROM {ks}.pending_pushes WHERE client_id = ? AND content_id = ?"
+        )
+
+    async def _run(self, statement: Any, params: tuple[Any, ...]) -> Any:
+        async with self._limit:
+            return await execute(self._session, statement, params)
+
+    async def latest(self, content_id: str) -> StoredVersion | None:
+        row = _first(await self._run(self._get_latest, (content_id,)))
+        if row is None:
+            return None
+        return StoredVersion(
+            content_id, row.version, row.digest, row.etag, row.content_type, row.size
+        )
+
+    async def version(self, content_id: str, version: int) -> StoredVersion | None:
+        row = _first(await self._run(self._get_version, (content_id, version)))
+        if row is None:
+            return None
+        return StoredVersion(
+            content_id,
+            row.version,
+            row.digest,
+            row.etag,
+            row.content_type,
+            row.size,
+            row.body or b"",
+        )
+
+    async def put_version(self, item: StoredVersion) -> None:
+        """Store a fetched version and make it the latest (both writes are idempotent)."""
+        assert item.body is not None
+        now = _now()
+        await asyncio.gather(
+            self._run(
+                self._put_version,
+                (
+                    item.content_id,
+                    item.version,
+                    item.digest,
+                    item.etag,
+                    item.content_type,
+                    item.size,
+                    now,
+                    item.body,
+                ),
+            ),
+            self._run(
+                self._put_latest,
+                (
+                    item.content_id,
+                    item.version,
+                    item.digest,
+                    item.etag,
+                    item.content_type,
+                    item.size,
+                    now,
+                ),
+            ),
+        )
+
+    async def record_holding(self, client_id: str, item: StoredVersion) -> None:
+        await asyncio.gather(
+            self._run(
+                self._put_holding, (client_id, item.content_id, item.version, item.digest, _now())
+            ),
+            self._run(self._put_holder, (item.content_id, client_id, item.version)),
+        )
+
+    async def drop_holding(self, client_id: str, content_id: str) -> None:
+        await asyncio.gather(
+            self._run(self._del_holding, (client_id, content_id)),
+            self._run(self._del_holder, (content_id, client_id)),
+        )
+
+    async def holdings(self, client_id: str) -> dict[str, tuple[int, str]]:
+        rows = await self._run(self._get_holdings, (client_id,))
+        return {row.content_id: (row.version, row.digest) for row in rows}
+
+    async def holders(self, content_id: str) -> dict[str, int]:
+        rows = await self._run(self._get_holders, (content_id,))
+        return {row.client_id: row.version for row in rows}
+
+    async def append_history(
+        self, client_id: str, ts: float, event_id: str, content_id: str, kind: str
+    ) -> None:
+        when = datetime.fromtimestamp(ts, UTC)
+        await self._run(self._put_history, (client_id, when, event_id, content_id, kind))
+
+    async def queue_pending(self, client_id: str, content_id: str, version: int) -> None:
+        await self._run(self._put_pending, (client_id, content_id, version, _now()))
+
+    async def pending(self, client_id: str) -> dict[str, int]:
+        rows = await self._run(self._get_pending, (client_id,))
+        return {row.content_id: row.version for row in rows}
+
+    async def clear_pending(self, client_id: str, content_id: str) -> None:
+        await self._run(self._del_pending, (client_id, content_id))
