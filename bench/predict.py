@@ -37,7 +37,7 @@ from foresight.topics import create_topics
 from producers.datasets import read_yoochoose
 from producers.publisher import InteractionPublisher, producer_config
 from schemas import Interaction
-from streams.engine import ClientRecord, Engine
+from streams.engine import ClientRecord, Engine, dumps_record
 from streams.guard import AbuseGuard
 from streams.predictor import Foresight
 
@@ -50,8 +50,9 @@ def load_events(limit: int) -> list[Interaction]:
     return events[:limit]
 
 
-def predictor_alone(events: list[Interaction]) -> tuple[float, float]:
-    """Events/s through the engine step (with the guard), and per-event microseconds."""
+def predictor_alone(events: list[Interaction]) -> tuple[float, float, list[int]]:
+    """Events/s through the engine step (with the guard), per-event microseconds, and the
+    size in bytes of every client's stored record afterwards."""
     engine = Engine(Foresight(), guard=AbuseGuard())
     records: dict[str, ClientRecord] = {}
     start = time.perf_counter()
@@ -59,7 +60,8 @@ def predictor_alone(events: list[Interaction]) -> tuple[float, float]:
         step = engine.on_interaction(event, records.get(event.client_id), RING, 0, offset)
         records[event.client_id] = step.record
     elapsed = time.perf_counter() - start
-    return len(events) / elapsed, elapsed / len(events) * 1e6
+    sizes = [len(dumps_record(record)) for record in records.values()]
+    return len(events) / elapsed, elapsed / len(events) * 1e6, sizes
 
 
 def profile(events: list[Interaction], top: int = 12) -> list[dict[str, Any]]:
@@ -210,7 +212,7 @@ def main() -> None:
     args = parser.parse_args()
     events = load_events(args.events)
     settings = Settings()
-    alone, micros = predictor_alone(events)
+    alone, micros, sizes = predictor_alone(events)
     result = {
         "bench": "predict",
         "events": len(events),
@@ -220,6 +222,11 @@ def main() -> None:
             "plain_consume_produce": round(plain_loop(settings, events)),
         },
         "predictor_us_per_event": round(micros, 1),
+        "client_record_bytes": {
+            "mean": round(sum(sizes) / len(sizes)),
+            "max": max(sizes),
+            "goal_max": 4096,
+        },
         "goal_predictor_events_per_s_per_core": 30_000,
         "profile_top_self_time": profile(events[:4000]),
         "cpu_count": os.cpu_count(),

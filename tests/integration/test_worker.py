@@ -256,8 +256,13 @@ def test_a_restarted_worker_gives_the_same_predictions_as_an_uninterrupted_run(
     for offset, event in enumerate(events):
         step = engine.on_interaction(event, records.get(event.client_id), HashRing(), 0, offset)
         records[event.client_id] = step.record
+    # And the evaluator's way: the bare predictor, learning each click in order.
+    evaluator = Foresight()
+    for event in events:
+        evaluator.learn(event.client_id, event.content_id, event.ts)
     for client in clients:
         expected = engine.predictions_for(client, records[client])
+        assert evaluator.predict(client, single.top_k) == expected
         got = served[client]["predictions"]
         assert [item for item, _ in got] == [item for item, _ in expected], client
         assert [p for _, p in got] == pytest.approx([p for _, p in expected], abs=1e-12)
