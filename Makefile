@@ -51,7 +51,7 @@ lint: install ## ruff check and ruff format --check
 	$(BIN)/ruff format --check .
 
 typecheck: install ## mypy --strict over the project
-	$(BIN)/mypy foresight schemas producers streams consumers agents tests bench
+	$(BIN)/mypy foresight schemas producers streams consumers agents origin tests bench
 
 bench: services-up ## Benchmarks: each prints one JSON object
 	$(FORESIGHT) topics create

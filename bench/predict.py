@@ -30,12 +30,13 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
+from foresight.kafka import producer_config
 from foresight.migrate import migrate
 from foresight.ring import HashRing, Member
 from foresight.settings import Settings
 from foresight.topics import create_topics
 from producers.datasets import read_yoochoose
-from producers.publisher import InteractionPublisher, producer_config
+from producers.publisher import InteractionPublisher
 from schemas import Interaction
 from streams.engine import ClientRecord, Engine, dumps_record
 from streams.guard import AbuseGuard

@@ -21,9 +21,10 @@ from pathlib import Path
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from foresight.kafka import producer_config
 from foresight.settings import Settings
 from producers.datasets import read_yoochoose
-from producers.publisher import InteractionPublisher, producer_config
+from producers.publisher import InteractionPublisher
 from schemas import encode
 
 BATCH = 1000  # records per publish_batch call, as `foresight produce` sends them

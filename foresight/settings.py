@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ReplicationStrategy = Literal["SimpleStrategy", "NetworkTopologyStrategy"]
@@ -145,8 +145,68 @@ class Settings(BaseSettings):
         description="Largest request body the collector reads; larger gets 413 "
         "(FORESIGHT_COLLECTOR_MAX_BODY_BYTES).",
     )
+    origin_host: str = Field(
+        "127.0.0.1", description="Interface the demo origin binds (FORESIGHT_ORIGIN_HOST)."
+    )
     origin_port: int = Field(
         8701, ge=1, le=65535, description="Demo origin port (FORESIGHT_ORIGIN_PORT)."
+    )
+    origin_latency_ms: float = Field(
+        20.0,
+        ge=0,
+        description="Delay the demo origin adds to each GET /content, so a fetch from the "
+        "origin has a realistic cost (FORESIGHT_ORIGIN_LATENCY_MS).",
+    )
+    origin_missing_ids: list[str] = Field(
+        default_factory=list,
+        description="Content ids the demo origin answers 404 for, as a JSON list "
+        "(FORESIGHT_ORIGIN_MISSING_IDS).",
+    )
+    origin_admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token that the demo origin's POST /admin/content/{id}/bump requires; "
+        "unset means no check (FORESIGHT_ORIGIN_ADMIN_TOKEN).",
+    )
+    origin_publish_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a bump waits for Kafka to ack its ContentUpdate before answering "
+        "503 (FORESIGHT_ORIGIN_PUBLISH_TIMEOUT_S).",
+    )
+    origin_url_template: str = Field(
+        "http://127.0.0.1:8701/content/{content_id}",
+        description="Where cache nodes fetch an item; {content_id} is replaced by the "
+        "percent-encoded id (FORESIGHT_ORIGIN_URL_TEMPLATE).",
+    )
+    origin_allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost"],
+        description="Hosts cache nodes may fetch from, as a JSON list; anything else is refused "
+        "(FORESIGHT_ORIGIN_ALLOWED_HOSTS).",
+    )
+    no_prefetch_patterns: list[str] = Field(
+        default_factory=lambda: [r"(^|/)(logout|signout|cart|checkout|delete)"],
+        description="Regular expressions of content ids with side effects, never prefetched, "
+        "as a JSON list (FORESIGHT_NO_PREFETCH_PATTERNS).",
+    )
+    fetch_max_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1024,
+        description="Largest item a cache node fetches (FORESIGHT_FETCH_MAX_BYTES).",
+    )
+    fetch_timeout_s: float = Field(
+        5.0, gt=0, description="Time limit of one origin fetch (FORESIGHT_FETCH_TIMEOUT_S)."
+    )
+    agent_token_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="HMAC secrets for agent tokens, current first, as a JSON list; each at "
+        "least 32 bytes (FORESIGHT_AGENT_TOKEN_SECRETS). Never logged.",
+    )
+    agent_token_ttl_s: float = Field(
+        86400.0,
+        gt=0,
+        le=7 * 86400,
+        description="Lifetime of a token from `foresight token issue` "
+        "(FORESIGHT_AGENT_TOKEN_TTL_S).",
     )
     cache_node_base_port: int = Field(
         8710,

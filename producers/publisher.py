@@ -17,29 +17,13 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from foresight.kafka import producer_config
 from foresight.settings import Settings
 from schemas import DeadLetter, Interaction, InvalidRecord, convert, encode
 
 log = logging.getLogger(__name__)
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
-
-
-def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """The producer settings every Foresight producer of a keyed topic uses."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
-        "enable.idempotence": True,
-        "acks": "all",
-        "partitioner": "murmur2_random",
-        "linger.ms": 5,
-        "compression.type": "lz4",
-        "message.timeout.ms": 120_000,
-        # librdkafka's own log lines go through logging instead of straight to stderr
-        "logger": logging.getLogger("librdkafka"),
-    }
-    config.update(overrides)
-    return config
 
 
 class DeliveryFailed(RuntimeError):

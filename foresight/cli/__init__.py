@@ -21,6 +21,7 @@ from foresight.cli.data import (
     schemas_group,
     topics_group,
 )
+from foresight.cli.delivery import origin_command, token_group
 from foresight.cli.services import services_group
 from foresight.cli.streams import eval_command, worker_command
 from foresight.settings import Settings
@@ -57,6 +58,8 @@ cli.add_command(produce_command)
 cli.add_command(collector_command)
 cli.add_command(worker_command)
 cli.add_command(eval_command)
+cli.add_command(origin_command)
+cli.add_command(token_group)
 
 
 def main() -> None:

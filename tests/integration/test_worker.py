@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from foresight.kafka import producer_config
 from foresight.migrate import migrate
 from foresight.ring import HashRing, Member
 from foresight.settings import Settings
 from producers.datasets import read_yoochoose
-from producers.publisher import InteractionPublisher, producer_config
+from producers.publisher import InteractionPublisher
 from schemas import DeadLetter, Interaction, PrefetchCommand, RingMember, decode, encode
 from streams.engine import ClientRecord, Engine, EngineConfig
 from streams.predictor import Foresight

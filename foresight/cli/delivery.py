@@ -1,0 +1,61 @@
+"""`foresight origin` and `foresight token issue`: the content side of delivery."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from foresight.cli.common import console, fail, settings_of
+
+
+@click.command("origin")
+@click.option("--port", type=click.IntRange(1, 65535), help="Override FORESIGHT_ORIGIN_PORT.")
+@click.pass_context
+def origin_command(ctx: click.Context, port: int | None) -> None:
+    """Run the demo origin: GET /content/{id} with ETags and versions, POST .../bump."""
+    from foresight.cli.data import require_topics
+    from origin import server
+
+    settings = settings_of(ctx)
+    if port is not None:
+        settings = settings.model_copy(update={"origin_port": port})
+    require_topics(settings, [settings.topic_content_updates])
+    console.print(
+        f"origin on http://{settings.origin_host}:{settings.origin_port}/content/{{content_id}}"
+    )
+    server.run(settings)
+
+
+@click.group("token")
+def token_group() -> None:
+    """Agent tokens."""
+
+
+@token_group.command("issue")
+@click.argument("client_id")
+@click.option(
+    "--ttl",
+    "ttl_s",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="Lifetime in seconds; default FORESIGHT_AGENT_TOKEN_TTL_S.",
+)
+@click.pass_context
+def token_issue(ctx: click.Context, client_id: str, ttl_s: float | None) -> None:
+    """Print a signed, expiring token that lets CLIENT_ID's agent connect."""
+    from foresight import tokens
+
+    settings = settings_of(ctx)
+    secrets = settings.agent_token_secrets
+    if not secrets:
+        fail(
+            "no agent token secret: set FORESIGHT_AGENT_TOKEN_SECRETS to a JSON list of "
+            "secrets of 32 bytes or more"
+        )
+    try:
+        tokens.check_secrets(secrets)
+        token = tokens.issue(secrets, client_id, ttl_s or settings.agent_token_ttl_s, time.time())
+    except ValueError as exc:
+        fail(str(exc))
+    click.echo(token)

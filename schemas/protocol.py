@@ -1,0 +1,287 @@
+"""The push protocol between a cache node and its agents, spoken over ``/v1/agents/ws``.
+
+Every frame is one JSON object whose ``type`` names the message; one decoder over the union of
+the tagged Structs reads any frame and rejects an unknown type, a missing field or another
+``protocol_version`` with a one-line reason. Bodies are bytes, which JSON carries as base64.
+Unknown fields are ignored, so a node or agent may add an optional field inside a protocol
+version; anything an older peer cannot safely ignore needs a new ``protocol_version``.
+The specification, with the handshake and the close codes, is docs/push-protocol.md.
+
+Examples
+--------
+>>> msg = Push(content_id="p/1", version=3, digest=digest(b"hi"), content_type="text/plain",
+...            body=b"hi", pushed_at=1.0)
+>>> decode_message(encode_message(msg)) == msg
+True
+>>> decode_message(b'{"type": "teleport"}')
+Traceback (most recent call last):
+...
+schemas.validation.InvalidRecord: invalid message: Invalid value 'teleport' - at `$.type`
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from enum import IntEnum
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+from schemas.records import FeedbackOutcome, Identifier, Probability, Timestamp, check_identifiers
+from schemas.validation import InvalidRecord
+
+PROTOCOL_VERSION = 1
+#: The agents' WebSocket endpoint on every cache node.
+WS_PATH = "/v1/agents/ws"
+#: aiohttp's default max_msg_size; both ends keep it.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: Largest body a push may carry: base64 makes it 4/3 larger, and the envelope needs room too.
+MAX_BODY_BYTES = 3 * 1024 * 1024 - 64 * 1024
+#: Most holdings a hello may list; an agent holding more sends its most recently used first.
+MAX_HOLDINGS = 10_000
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes of the protocol; docs/push-protocol.md says what the agent does."""
+
+    #: The node is shutting down; reconnect (to the ring's owner) after a short backoff.
+    GOING_AWAY = 1001
+    #: A frame exceeded MAX_MESSAGE_BYTES (aiohttp closes with this by itself).
+    MESSAGE_TOO_BIG = 1009
+    #: The node failed; reconnect with backoff.
+    INTERNAL_ERROR = 1011
+    #: The agent read too slowly and its bounded queue overflowed; reconnect with backoff.
+    TRY_AGAIN_LATER = 1013
+    #: The token is missing, malformed or its signature is wrong.
+    UNAUTHORIZED = 4001
+    #: A newer connection for the same client took over; do not reconnect.
+    SUPERSEDED = 4002
+    #: The token is valid but for another client than the hello names.
+    FORBIDDEN = 4003
+    #: The token has expired (or is not valid yet); get a new one.
+    TOKEN_EXPIRED = 4004
+    #: Policy: no hello in time, too many messages, or the client is blocked by the guard.
+    POLICY = 4008
+    #: A frame that does not decode, or a message sent in the wrong direction or state.
+    BAD_MESSAGE = 4009
+    #: The client moved to another node; reconnect to the url of the preceding redirect.
+    MOVED = 4010
+
+
+Digest = Annotated[
+    str,
+    Meta(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the body, 64 lowercase hex digits."),
+]
+ContentVersion = Annotated[int, Meta(ge=0)]
+ProtocolVersion = Annotated[int, Meta(ge=PROTOCOL_VERSION, le=PROTOCOL_VERSION)]
+ContentType = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[!-~][ -~]*$")]
+Body = Annotated[bytes, Meta(max_length=MAX_BODY_BYTES)]
+ShortText = Annotated[str, Meta(min_length=1, max_length=256)]
+WebSocketUrl = Annotated[str, Meta(min_length=1, max_length=2048, pattern=r"^wss?://")]
+CodeNumber = Annotated[int, Meta(ge=1000, le=4999)]
+
+
+def digest(body: bytes) -> str:
+    """The digest the protocol uses: SHA-256 of the body as lowercase hex."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def _check_optional(record: Struct, *fields: str) -> None:
+    present = [name for name in fields if getattr(record, name) is not None]
+    check_identifiers(record, *present)
+
+
+class _Message(Struct, tag_field="type", kw_only=True, frozen=True):
+    """Fields every message has; ``type`` is written from each subclass's tag."""
+
+    protocol_version: ProtocolVersion = PROTOCOL_VERSION
+
+
+class Holding(Struct, kw_only=True, frozen=True):
+    """One item an agent holds, so that the node does not push it again."""
+
+    content_id: Identifier
+    version: ContentVersion
+    digest: Digest
+
+    def __post_init__(self) -> None:
+        check_identifiers(self, "content_id")
+
+
+class Resume(Struct, kw_only=True, frozen=True):
+    """Where a reconnecting agent comes from."""
+
+    #: The node the agent was connected to last, if any.
+    node_id: Identifier | None = None
+    #: True when this connection follows a redirect from that node.
+    redirected: bool = False
+    disconnected_at: Timestamp | None = None
+
+    def __post_init__(self) -> None:
+        _check_optional(self, "node_id")
+
+
+class Hello(_Message, tag="hello", kw_only=True, frozen=True):
+    """Agent -> node, first frame: who the agent is and what it already holds."""
+
+    client_id: Identifier
+    holdings: Annotated[list[Holding], Meta(max_length=MAX_HOLDINGS)] = []
+    #: Name/version of the agent software, e.g. ``foresight-python/0.1.0``.
+    agent: Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[!-~][ -~]*$")]
+    #: The agent's local cache capacity, so the node does not push more than fits.
+    cache_max_bytes: Annotated[int, Meta(ge=0)] | None = None
+    resume: Resume | None = None
+
+    def __post_init__(self) -> None:
+        check_identifiers(self, "client_id")
+
+
+class Welcome(_Message, tag="welcome", kw_only=True, frozen=True):
+    """Node -> agent, answer to hello: the session is open."""
+
+    node_id: Identifier
+    client_id: Identifier
+    server_time: Timestamp
+    #: How often the agent sends ping; silence for twice this long means the peer is gone.
+    heartbeat_s: Annotated[float, Meta(gt=0, le=3600)]
+    max_message_bytes: Annotated[int, Meta(ge=1)] = MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        check_identifiers(self, "node_id", "client_id")
+
+
+class _Content(_Message, kw_only=True, frozen=True):
+    """The fields push and update share: one version of one content item, body included."""
+
+    content_id: Identifier
+    version: ContentVersion
+    digest: Digest
+    content_type: ContentType
+    body: Body
+    #: The prefetch command behind the push, if any (feedback and dedupe may refer to it).
+    command_id: Identifier | None = None
+    probability: Probability | None = None
+    pushed_at: Timestamp
+
+    def __post_init__(self) -> None:
+        check_identifiers(self, "content_id")
+        _check_optional(self, "command_id")
+
+
+class Push(_Content, tag="push", kw_only=True, frozen=True):
+    """Node -> agent: a predicted item, to keep until it is asked for."""
+
+
+class Update(_Content, tag="update", kw_only=True, frozen=True):
+    """Node -> agent: a newer version of an item the agent holds; replaces the older one."""
+
+    previous_version: ContentVersion | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.previous_version is not None and self.previous_version >= self.version:
+            raise ValueError("`previous_version` must be lower than `version`")
+
+
+class Invalidate(_Message, tag="invalidate", kw_only=True, frozen=True):
+    """Node -> agent: drop the item if held at ``version`` or older (any version if None)."""
+
+    content_id: Identifier
+    version: ContentVersion | None = None
+    reason: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        check_identifiers(self, "content_id")
+
+
+class Redirect(_Message, tag="redirect", kw_only=True, frozen=True):
+    """Node -> agent: the client now belongs to another node; reconnect to ``url``."""
+
+    url: WebSocketUrl
+    node_id: Identifier
+    reason: ShortText
+
+    def __post_init__(self) -> None:
+        check_identifiers(self, "node_id")
+
+
+class Feedback(_Message, tag="feedback", kw_only=True, frozen=True):
+    """Agent -> node: what became of one item. The client is the connection's, never a field."""
+
+    content_id: Identifier
+    version: ContentVersion
+    outcome: FeedbackOutcome
+    latency_ms: Annotated[float, Meta(ge=0, le=86_400_000)]
+    ts: Timestamp
+
+    def __post_init__(self) -> None:
+        check_identifiers(self, "content_id")
+
+
+class Ping(_Message, tag="ping", kw_only=True, frozen=True):
+    """Either direction: are you there? Answered by a pong carrying the same ``ts``."""
+
+    ts: Timestamp
+
+
+class Pong(_Message, tag="pong", kw_only=True, frozen=True):
+    """Either direction: the answer to a ping, echoing its ``ts``."""
+
+    ts: Timestamp
+
+
+class Error(_Message, tag="error", kw_only=True, frozen=True):
+    """Either direction: a message was refused; a close with the same code may follow."""
+
+    code: CodeNumber
+    reason: Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
+Message = Hello | Welcome | Push | Update | Invalidate | Redirect | Feedback | Ping | Pong | Error
+AgentMessage = Hello | Feedback | Ping | Pong | Error
+NodeMessage = Welcome | Push | Update | Invalidate | Redirect | Ping | Pong | Error
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    "message": msgspec.json.Decoder(Message),
+    "agent message": msgspec.json.Decoder(AgentMessage),
+    "node message": msgspec.json.Decoder(NodeMessage),
+}
+_version_error = re.compile(r"at `\$\.protocol_version`$")
+
+
+def encode_message(message: Message) -> bytes:
+    """One frame's JSON bytes (UTF-8; send them as a text frame)."""
+    return _encoder.encode(message)
+
+
+def _decode(kind: str, raw: bytes | str) -> Any:
+    try:
+        return _decoders[kind].decode(raw)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if _version_error.search(text):
+            text = f"unsupported protocol_version, this side speaks {PROTOCOL_VERSION}"
+        raise InvalidRecord(f"invalid {kind}: {text}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRecord(f"malformed JSON: {exc}") from None
+
+
+def decode_message(raw: bytes | str) -> Message:
+    """Read one frame of any type; raise InvalidRecord with a one-line reason."""
+    message: Message = _decode("message", raw)
+    return message
+
+
+def decode_from_agent(raw: bytes | str) -> AgentMessage:
+    """Read a frame on the node: only what an agent may send (a push from an agent is refused)."""
+    message: AgentMessage = _decode("agent message", raw)
+    return message
+
+
+def decode_from_node(raw: bytes | str) -> NodeMessage:
+    """Read a frame on the agent: only what a node may send."""
+    message: NodeMessage = _decode("node message", raw)
+    return message
