@@ -18,10 +18,10 @@ help: ## Show this help
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,bench]'
 	touch $@
 
-install: $(VENV)/.installed ## Create .venv and install Foresight with its test extra
+install: $(VENV)/.installed ## Create .venv and install Foresight with its test and bench extras
 
 services-up: install ## Start local Kafka and Cassandra (downloads the jars the first time)
 	$(FORESIGHT) services up
@@ -60,6 +60,7 @@ bench: services-up ## Benchmarks: each prints one JSON object
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/guard_fpr.py
 	$(BIN)/python bench/eval_yoochoose.py
+	$(BIN)/python bench/ring.py
 
 schemas: install ## Re-export the JSON Schemas from the records
 	$(FORESIGHT) schemas export

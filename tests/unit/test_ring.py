@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import os
@@ -253,6 +254,58 @@ def test_load_factor_is_the_default_epsilon() -> None:
         HashRing(cluster(4)).assign(KEYS[:10])
     with pytest.raises(ValueError, match="epsilon"):
         HashRing(cluster(4)).assign(KEYS[:10], -0.5)
+
+
+# --- the owner lookup's fast path ----------------------------------------------------------------
+
+
+def sorted_points(members: list[Member], vnodes: int) -> tuple[list[int], list[str]]:
+    """Every virtual point as (position, node_id), sorted, computed apart from the ring."""
+    points = sorted(
+        (sha_position(f"{m.node_id}#{i}"), m.node_id)
+        for m in members
+        for i in range(max(1, round(vnodes * m.weight)))
+    )
+    return [pos for pos, _ in points], [node_id for _, node_id in points]
+
+
+def bisect_owner(points: tuple[list[int], list[str]], key: str) -> str:
+    positions, node_ids = points
+    return node_ids[bisect.bisect_left(positions, sha_position(key)) % len(positions)]
+
+
+BIG = cluster(64)
+BIG_RING = HashRing(BIG)
+BIG_POINTS = sorted_points(BIG, 160)
+
+
+@pytest.mark.parametrize(
+    ("n", "vnodes", "max_bits"),
+    [
+        (1, 1, 20),  # one point: every other key wraps around to it
+        (3, 1, 20),  # a fifth of the circle lies past the last point, not the first's node
+        (8, 160, 20),
+        (64, 160, 20),
+        (64, 160, 3),  # the size cap of the table, hit by huge rings: crowded buckets
+    ],
+)
+def test_owner_agrees_with_a_plain_bisect_on_every_key_and_every_point(
+    n: int, vnodes: int, max_bits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("foresight.ring._MAX_BUCKET_BITS", max_bits)
+    members = cluster(n)
+    ring, points = HashRing(members, vnodes=vnodes), sorted_points(members, vnodes)
+    # A point's own name lands exactly on it, so these keys sit in buckets holding a point.
+    on_points = [f"{m.node_id}#{i}" for m in members for i in range(vnodes)]
+    for key in KEYS + on_points:
+        assert ring.owner(key).node_id == bisect_owner(points, key)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.text(max_size=40))
+def test_owner_is_owners_first_and_a_plain_bisect_on_any_key(key: str) -> None:
+    assert BIG_RING.owner(key) == BIG_RING.owners(key, 1)[0]
+    assert BIG_RING.owner(key).node_id == bisect_owner(BIG_POINTS, key)
 
 
 # --- lookups and validation ----------------------------------------------------------------------
