@@ -12,6 +12,7 @@ import sys
 
 import click
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from foresight.cli.common import CliError, fail
 from foresight.cli.data import (
@@ -21,7 +22,7 @@ from foresight.cli.data import (
     schemas_group,
     topics_group,
 )
-from foresight.cli.delivery import origin_command, token_group
+from foresight.cli.delivery import cache_node_command, origin_command, token_group
 from foresight.cli.services import services_group
 from foresight.cli.streams import eval_command, worker_command
 from foresight.settings import Settings
@@ -44,6 +45,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
     try:
         ctx.obj = Settings()
+    except SettingsError as exc:
+        fail(f"invalid setting: {exc}")
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
@@ -60,6 +63,7 @@ cli.add_command(worker_command)
 cli.add_command(eval_command)
 cli.add_command(origin_command)
 cli.add_command(token_group)
+cli.add_command(cache_node_command)
 
 
 def main() -> None:

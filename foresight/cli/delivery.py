@@ -59,3 +59,54 @@ def token_issue(ctx: click.Context, client_id: str, ttl_s: float | None) -> None
     except ValueError as exc:
         fail(str(exc))
     click.echo(token)
+
+
+@click.command("cache-node")
+@click.option(
+    "--node-id",
+    type=click.IntRange(0, 100_000),
+    required=True,
+    help="This node's number: its id is node-N and it owns ring slot N.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port to listen on; default FORESIGHT_CACHE_NODE_BASE_PORT + N.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.pass_context
+def cache_node_command(ctx: click.Context, node_id: int, port: int | None, host: str) -> None:
+    """Run a cache node: prefetch, store in Cassandra, push to agents over WebSockets."""
+    from foresight import tokens
+    from foresight.cli.data import require_topics
+
+    settings = settings_of(ctx)
+    if node_id >= settings.prefetch_command_slots:
+        fail(
+            f"--node-id {node_id} has no slot: prefetch-commands has "
+            f"{settings.prefetch_command_slots} partitions (FORESIGHT_PREFETCH_COMMAND_SLOTS)"
+        )
+    try:
+        tokens.check_secrets(settings.agent_token_secrets)
+    except ValueError as exc:
+        fail(f"FORESIGHT_AGENT_TOKEN_SECRETS: {exc}")
+    require_topics(
+        settings,
+        [
+            settings.topic_prefetch_commands,
+            settings.topic_ring_membership,
+            settings.topic_content_updates,
+            settings.topic_feedback,
+        ],
+    )
+    from consumers.server import NodeConfig, run
+
+    config = NodeConfig(
+        node_id=f"node-{node_id}",
+        slot=node_id,
+        host=host,
+        port=port or settings.cache_node_base_port + node_id,
+    )
+    console.print(f"cache node {config.node_id} (slot {config.slot}) on {config.url}")
+    run(settings, config)

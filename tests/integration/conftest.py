@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from pydantic import SecretStr
 
 from foresight.settings import Settings
 from foresight.topics import admin_client, create_topics
@@ -67,8 +68,16 @@ def settings(base_settings: Settings) -> Settings:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process exactly these settings."""
     env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        text = json.dumps(value) if isinstance(value, dict) else str(value)
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, list):
+            value = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None:
+            env.pop(f"FORESIGHT_{name.upper()}", None)
+            continue
+        text = json.dumps(value) if isinstance(value, dict | list) else str(value)
         env[f"FORESIGHT_{name.upper()}"] = text
     return env
 

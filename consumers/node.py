@@ -1,0 +1,266 @@
+"""A cache node's work: prefetch commands in, content fetched and stored once, pushed to agents.
+
+The node consumes the prefetch-commands partition of its ring slot. For each command it makes
+sure the item's version is in Cassandra (fetching it from the origin only when it is not, and
+only once however many clients want it), then pushes it to the client's agent when it is
+connected and does not already hold that version, or keeps it for the agent's next connect.
+Content updates reach every agent holding an older version. Nothing here knows about HTTP or
+WebSockets: `consumers.server` wires it to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from consumers.fetcher import Fetcher, FetchFailed, FetchRefused
+from consumers.sessions import AgentSession, SessionRegistry
+from consumers.store import ContentStore, StoredVersion
+from schemas import ContentUpdate, PrefetchCommand
+from schemas.protocol import Push, Update, encode_message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeCounters:
+    commands: int = 0
+    expired: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    fetch_failures: int = 0
+    fetches: int = 0
+    pushes: int = 0
+    already_held: int = 0
+    pending: int = 0
+    updates: int = 0
+
+
+class BodyCache:
+    """The most recently used bodies, so a popular item is read from Cassandra once."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self._items: OrderedDict[tuple[str, int], StoredVersion] = OrderedDict()
+        self._bytes = 0
+        self._max = max_bytes
+
+    def get(self, content_id: str, version: int) -> StoredVersion | None:
+        item = self._items.get((content_id, version))
+        if item is not None:
+            self._items.move_to_end((content_id, version))
+        return item
+
+    def put(self, item: StoredVersion) -> None:
+        key = (item.content_id, item.version)
+        if key in self._items or item.body is None or len(item.body) > self._max:
+            return
+        self._items[key] = item
+        self._bytes += len(item.body)
+        while self._bytes > self._max:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old.body or b"")
+
+
+class CacheNode:
+    """The node's content logic over its store, fetcher and connected agents."""
+
+    def __init__(
+        self,
+        node_id: str,
+        store: ContentStore,
+        fetcher: Fetcher,
+        sessions: SessionRegistry,
+        *,
+        seen_commands: int = 100_000,
+    ) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.fetcher = fetcher
+        self.sessions = sessions
+        self.bodies = BodyCache()
+        self.counters = NodeCounters()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen_max = seen_commands
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.push_times: list[tuple[float, float]] = []  # (event ts, pushed at), for latency
+
+    async def ensure(
+        self, content_id: str, *, prefetch: bool = True, refresh: bool = False
+    ) -> StoredVersion:
+        """The item's latest version with its body: from memory, Cassandra or the origin.
+
+        One caller per item at a time goes further than memory; the others wait for it, so an
+        item is fetched once however many commands ask for it.
+        """
+        lock = self._locks.setdefault(content_id, asyncio.Lock())
+        async with lock:
+            latest = await self.store.latest(content_id)
+            if latest is not None and not refresh:
+                cached = self.bodies.get(content_id, latest.version)
+                if cached is not None:
+                    return cached
+                stored = await self.store.version(content_id, latest.version)
+                if stored is not None:
+                    self.bodies.put(stored)
+                    return stored
+            fetched = await self.fetcher.fetch(
+                content_id, etag=latest.etag if latest else None, prefetch=prefetch
+            )
+            self.counters.fetches += 1
+            if fetched.status == 304 and latest is not None:
+                stored = await self.store.version(content_id, latest.version)
+                if stored is not None:
+                    self.bodies.put(stored)
+                    return stored
+                fetched = await self.fetcher.fetch(content_id, prefetch=prefetch)
+            version = fetched.version
+            if version is None:  # an origin without versions: count ETag changes
+                same = latest is not None and latest.etag == fetched.etag
+                version = (
+                    latest.version if same and latest else (latest.version + 1 if latest else 1)
+                )
+            item = StoredVersion(
+                content_id,
+                version,
+                fetched.digest,
+                fetched.etag,
+                fetched.content_type,
+                len(fetched.body),
+                fetched.body,
+            )
+            await self.store.put_version(item)
+            self.bodies.put(item)
+            return item
+
+    def _first_time(self, command_id: str) -> bool:
+        if command_id in self._seen:
+            return False
+        self._seen[command_id] = None
+        if len(self._seen) > self._seen_max:
+            self._seen.popitem(last=False)
+        return True
+
+    async def on_command(self, command: PrefetchCommand, now: float) -> str:
+        """Carry out one prefetch command; returns what happened, for counting and logs."""
+        self.counters.commands += 1
+        if not self._first_time(command.command_id):
+            self.counters.duplicates += 1
+            return "duplicate"
+        if command.expires_at < now:
+            self.counters.expired += 1
+            return "expired"
+        try:
+            item = await self.ensure(command.content_id)
+        except FetchRefused as exc:
+            self.counters.refused += 1
+            log.info("refused %s for %s: %s", command.content_id, command.client_id, exc)
+            return "refused"
+        except FetchFailed as exc:
+            self.counters.fetch_failures += 1
+            log.warning("fetch failed for %s: %s", command.content_id, exc)
+            return "fetch-failed"
+        return await self.deliver(command.client_id, item, command=command)
+
+    async def deliver(
+        self,
+        client_id: str,
+        item: StoredVersion,
+        *,
+        command: PrefetchCommand | None = None,
+        previous_version: int | None = None,
+    ) -> str:
+        """Push an item to the client's agent, or keep it for the agent's next connect."""
+        session = self.sessions.get(client_id)
+        if session is None:
+            await self.store.queue_pending(client_id, item.content_id, item.version)
+            self.counters.pending += 1
+            return "pending"
+        if session.holdings.get(item.content_id, -1) >= item.version:
+            self.counters.already_held += 1
+            return "already-held"
+        if not self.push(session, item, command=command, previous_version=previous_version):
+            return "agent-closed"
+        await self.store.record_holding(client_id, item)
+        return "pushed"
+
+    def push(
+        self,
+        session: AgentSession,
+        item: StoredVersion,
+        *,
+        command: PrefetchCommand | None = None,
+        previous_version: int | None = None,
+    ) -> bool:
+        assert item.body is not None
+        now = time.time()
+        if previous_version is not None:
+            frame = encode_message(
+                Update(
+                    content_id=item.content_id,
+                    version=item.version,
+                    digest=item.digest,
+                    content_type=item.content_type,
+                    body=item.body,
+                    pushed_at=now,
+                    previous_version=previous_version,
+                )
+            )
+        else:
+            frame = encode_message(
+                Push(
+                    content_id=item.content_id,
+                    version=item.version,
+                    digest=item.digest,
+                    content_type=item.content_type,
+                    body=item.body,
+                    pushed_at=now,
+                    command_id=command.command_id if command else None,
+                    probability=command.probability if command else None,
+                )
+            )
+        if not session.offer(frame):
+            return False
+        session.holdings[item.content_id] = item.version
+        self.counters.pushes += 1
+        if command is not None and command.event_ts is not None:
+            self.push_times.append((command.event_ts, now))
+            del self.push_times[:-10_000]
+        return True
+
+    async def deliver_pending(self, session: AgentSession) -> int:
+        """On connect: push what was kept for this agent while it was away."""
+        delivered = 0
+        for content_id, version in (await self.store.pending(session.client_id)).items():
+            if session.holdings.get(content_id, -1) < version:
+                item = self.bodies.get(content_id, version) or await self.store.version(
+                    content_id, version
+                )
+                if item is not None and self.push(session, item):
+                    await self.store.record_holding(session.client_id, item)
+                    delivered += 1
+            await self.store.clear_pending(session.client_id, content_id)
+        return delivered
+
+    async def on_update(self, update: ContentUpdate, owns: set[str] | None = None) -> int:
+        """A new version at the origin: refetch it and push it to every agent of this node
+        that holds an older one (and to no other agent)."""
+        holders = await self.store.holders(update.content_id)
+        stale = {
+            c: v for c, v in holders.items() if v < update.version and (owns is None or c in owns)
+        }
+        if not stale:
+            return 0
+        try:
+            item = await self.ensure(update.content_id, refresh=True)
+        except (FetchRefused, FetchFailed) as exc:
+            log.warning("update of %s not fetched: %s", update.content_id, exc)
+            return 0
+        sent = 0
+        for client_id, held in stale.items():
+            outcome = await self.deliver(client_id, item, previous_version=held)
+            sent += outcome == "pushed"
+        self.counters.updates += sent
+        return sent

@@ -1,0 +1,430 @@
+"""The cache node process: `foresight cache-node --node-id N --port P`.
+
+An aiohttp app around :class:`consumers.node.CacheNode`: the agents' WebSocket, content
+served on demand (each request recorded as an Interaction), /healthz and /metrics; and, in the
+background, the prefetch-commands consumer of the node's slot, the content-updates consumer,
+and the ring-membership heartbeat. On shutdown the node leaves the ring and redirects its
+agents to their new owners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+
+from consumers.fetcher import Fetcher, FetcherConfig, FetchFailed, FetchRefused
+from consumers.node import CacheNode
+from consumers.sessions import AgentSession, SessionRegistry
+from consumers.store import ContentStore
+from foresight import tokens
+from foresight.cassandra import connect
+from foresight.kafka import producer_config
+from foresight.membership import MembershipWatcher
+from foresight.ring import EmptyRingError
+from foresight.settings import Settings
+from schemas import (
+    ContentUpdate,
+    DeadLetter,
+    Interaction,
+    InvalidRecord,
+    PrefetchCommand,
+    RingMember,
+    decode,
+    encode,
+)
+from schemas import Feedback as FeedbackRecord
+from schemas.protocol import (
+    WS_PATH,
+    CloseCode,
+    Feedback,
+    Hello,
+    Ping,
+    Pong,
+    Redirect,
+    Welcome,
+    decode_from_agent,
+    encode_message,
+)
+from schemas.records import MemberState
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter("foresight_node_content_requests_total", "GET /v1/content", ["outcome"])
+COMMANDS = Counter("foresight_node_commands_total", "Prefetch commands handled", ["outcome"])
+AGENTS = Gauge("foresight_node_agents", "Connected agents")
+QUEUED = Gauge("foresight_node_outbox_frames", "Frames waiting in agents' outboxes")
+HELLO_TIMEOUT_S = 10.0
+HEARTBEAT_S = 3.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    slot: int
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def ws_url(http_url: str) -> str:
+    return http_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + WS_PATH
+
+
+class NodeProcess:
+    """Everything one node process holds, started and stopped by the app's cleanup context."""
+
+    def __init__(self, settings: Settings, config: NodeConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.sessions = SessionRegistry()
+        self.ring = MembershipWatcher(settings)
+        self.producer = Producer(producer_config(settings, **{"linger.ms": 1}))
+        self.secrets = settings.agent_token_secrets
+        self.leaving = False
+        self._stop = threading.Event()
+        self.node: CacheNode
+
+    # --- ownership ------------------------------------------------------------------------
+    def owner_url(self, client_id: str) -> str | None:
+        """The base URL of the client's owner when it is another node, else None."""
+        ring = self.ring.ring()
+        if self.leaving:
+            with contextlib.suppress(KeyError):
+                ring = ring.without(self.config.node_id)
+        try:
+            owner = ring.owner(client_id)
+        except EmptyRingError:
+            return None
+        return None if owner.node_id == self.config.node_id else owner.url
+
+    def owned_clients(self) -> set[str]:
+        return {s.client_id for s in self.sessions.all() if self.owner_url(s.client_id) is None}
+
+    # --- Kafka out ------------------------------------------------------------------------
+    def announce(self, state: MemberState) -> None:
+        member = RingMember(
+            node_id=self.config.node_id,
+            url=self.config.url,
+            weight=1.0,
+            slot=self.config.slot,
+            state=state,
+            heartbeat_ts=time.time(),
+        )
+        self.producer.produce(
+            self.settings.topic_ring_membership, key=member.node_id.encode(), value=encode(member)
+        )
+        self.producer.poll(0)
+
+    def record_request(self, client_id: str, content_id: str) -> None:
+        event = Interaction(
+            event_id=f"{self.config.node_id}-{uuid.uuid4().hex}",
+            client_id=client_id,
+            content_id=content_id,
+            kind="request",
+            ts=time.time(),
+        )
+        self.producer.produce(
+            self.settings.topic_interactions, key=client_id.encode(), value=encode(event)
+        )
+        self.producer.poll(0)
+
+    def relay_feedback(self, client_id: str, message: Feedback) -> None:
+        record = FeedbackRecord(
+            client_id=client_id,
+            content_id=message.content_id,
+            version=message.version,
+            outcome=message.outcome,
+            latency_ms=message.latency_ms,
+            ts=message.ts,
+        )
+        self.producer.produce(
+            self.settings.topic_feedback, key=client_id.encode(), value=encode(record)
+        )
+        self.producer.poll(0)
+
+    def dead_letter(self, topic: str, msg: Any, reason: str) -> None:
+        letter = DeadLetter(
+            topic=topic,
+            partition=msg.partition(),
+            offset=msg.offset(),
+            key=msg.key(),
+            value=msg.value() or b"",
+            reason=reason,
+            rejected_by=self.config.node_id,
+            ts=time.time(),
+        )
+        self.producer.produce(self.settings.dead_letter_topic(topic), value=encode(letter))
+        self.producer.poll(0)
+
+    # --- background loops -----------------------------------------------------------------
+    async def consume_commands(self) -> None:
+        topic = self.settings.topic_prefetch_commands
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                "group.id": f"{self.settings.worker_group}-node-slot-{self.config.slot}",
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "logger": logging.getLogger("librdkafka"),
+            }
+        )
+        consumer.assign([TopicPartition(topic, self.config.slot)])
+        try:
+            while not self._stop.is_set():
+                batch = await asyncio.to_thread(consumer.consume, 200, 0.2)
+                for msg in batch:
+                    if msg.error() is not None:
+                        continue
+                    try:
+                        command = decode(PrefetchCommand, msg.value() or b"")
+                    except InvalidRecord as exc:
+                        self.dead_letter(topic, msg, exc.reason)
+                        COMMANDS.labels("invalid").inc()
+                    else:
+                        outcome = await self.node.on_command(command, time.time())
+                        COMMANDS.labels(outcome).inc()
+                    consumer.store_offsets(msg)  # only once the store and push are done
+        finally:
+            await asyncio.to_thread(consumer.close)
+
+    async def consume_updates(self) -> None:
+        topic = self.settings.topic_content_updates
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                "group.id": f"{self.settings.worker_group}-node-{self.config.node_id}-updates",
+                "auto.offset.reset": "latest",
+                "logger": logging.getLogger("librdkafka"),
+            }
+        )
+        consumer.subscribe([topic])
+        try:
+            while not self._stop.is_set():
+                for msg in await asyncio.to_thread(consumer.consume, 100, 0.2):
+                    if msg.error() is not None:
+                        continue
+                    try:
+                        update = decode(ContentUpdate, msg.value() or b"")
+                    except InvalidRecord as exc:
+                        self.dead_letter(topic, msg, exc.reason)
+                        continue
+                    await self.node.on_update(update, owns=self.owned_clients())
+        finally:
+            await asyncio.to_thread(consumer.close)
+
+    async def heartbeat(self) -> None:
+        while not self._stop.is_set():
+            self.announce("up")
+            AGENTS.set(len(self.sessions))
+            QUEUED.set(sum(s.queued for s in self.sessions.all()))
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def leave(self) -> None:
+        """Leave the ring and send every agent to its new owner; nothing it holds is lost."""
+        self.leaving = True
+        self.announce("leaving")
+        await asyncio.to_thread(self.producer.flush, 10)
+        for session in self.sessions.all():
+            url = self.owner_url(session.client_id)
+            if url is not None:
+                session.offer(
+                    encode_message(
+                        Redirect(url=ws_url(url), node_id="owner", reason="node leaving")
+                    )
+                )
+            await asyncio.sleep(0)
+            session._shut(CloseCode.MOVED if url else CloseCode.GOING_AWAY, "node leaving")
+
+
+NODE = web.AppKey("node", NodeProcess)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    process = app[NODE]
+    settings = process.settings
+    cluster, session = await asyncio.to_thread(connect, settings, settings.cassandra_keyspace)
+    http = aiohttp.ClientSession()
+    fetcher = Fetcher(
+        FetcherConfig(
+            url_template=settings.origin_url_template,
+            allowed_hosts=tuple(h.lower() for h in settings.origin_allowed_hosts),
+            no_prefetch_patterns=tuple(settings.no_prefetch_patterns),
+            max_bytes=settings.fetch_max_bytes,
+            timeout_s=settings.fetch_timeout_s,
+        ),
+        http,
+    )
+    store = await asyncio.to_thread(ContentStore, session, settings.cassandra_keyspace)
+    process.node = CacheNode(process.config.node_id, store, fetcher, process.sessions)
+    process.ring.start()
+    process.announce("up")
+    await asyncio.to_thread(process.ring.wait_caught_up, 30.0)
+    tasks = [
+        asyncio.create_task(coro)
+        for coro in (process.consume_commands(), process.consume_updates(), process.heartbeat())
+    ]
+    yield
+    await process.leave()
+    process._stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for agent in process.sessions.all():
+        await process.sessions.remove(agent)
+    await http.close()
+    await asyncio.to_thread(process.producer.flush, 10)
+    process.ring.stop()
+    await asyncio.to_thread(cluster.shutdown)
+
+
+def _client_of(request: web.Request, process: NodeProcess) -> str:
+    """The client a request's token proves, or an HTTP error."""
+    try:
+        token = tokens.token_from(request.headers.get("Authorization"), request.query.get("token"))
+        return tokens.verify(process.secrets, token, None, time.time()).client_id
+    except tokens.WrongClient as exc:
+        raise web.HTTPForbidden(reason=exc.reason) from None
+    except tokens.TokenError as exc:
+        raise web.HTTPUnauthorized(reason=exc.reason) from None
+
+
+async def get_content(request: web.Request) -> web.StreamResponse:
+    process = request.app[NODE]
+    client_id = _client_of(request, process)
+    content_id = request.match_info["content_id"]
+    owner = process.owner_url(client_id)
+    if owner is not None:
+        REQUESTS.labels("misdirected").inc()
+        return web.Response(status=421, headers={"Location": owner})
+    try:
+        item = await process.node.ensure(content_id, prefetch=False)
+    except FetchRefused as exc:
+        REQUESTS.labels("refused").inc()
+        raise web.HTTPNotFound(reason=str(exc)[:120]) from None
+    except FetchFailed as exc:
+        REQUESTS.labels("failed").inc()
+        raise web.HTTPBadGateway(reason=str(exc)[:120]) from None
+    process.record_request(client_id, content_id)
+    REQUESTS.labels("served").inc()
+    return web.Response(
+        body=item.body,
+        headers={
+            "Content-Type": item.content_type,
+            "ETag": item.etag or f'"{item.digest}"',
+            "X-Content-Version": str(item.version),
+            "X-Content-Digest": item.digest,
+        },
+    )
+
+
+async def agent_socket(request: web.Request) -> web.StreamResponse:
+    process = request.app[NODE]
+    ws = web.WebSocketResponse(heartbeat=25.0, max_msg_size=4 * 1024 * 1024)
+    await ws.prepare(request)
+    try:
+        token = tokens.token_from(request.headers.get("Authorization"), request.query.get("token"))
+        claims = tokens.verify(process.secrets, token, None, time.time())
+    except tokens.TokenError as exc:
+        await ws.close(code=exc.close_code, message=exc.reason.encode()[:120])
+        return ws
+    try:
+        first = await ws.receive(timeout=HELLO_TIMEOUT_S)
+        hello = decode_from_agent(first.data) if first.type == WSMsgType.TEXT else None
+    except (TimeoutError, InvalidRecord):
+        hello = None
+    if not isinstance(hello, Hello):
+        await ws.close(code=CloseCode.POLICY, message=b"expected hello")
+        return ws
+    if hello.client_id != claims.client_id:
+        await ws.close(code=CloseCode.FORBIDDEN, message=b"token is for another client")
+        return ws
+    owner = process.owner_url(claims.client_id)
+    if owner is not None:
+        await ws.send_bytes(
+            encode_message(
+                Redirect(url=ws_url(owner), node_id="owner", reason="another node owns this client")
+            )
+        )
+        await ws.close(code=CloseCode.MOVED, message=b"moved")
+        return ws
+
+    async def send(frame: bytes) -> None:
+        await ws.send_str(frame.decode())
+
+    async def close(code: int, reason: str) -> None:
+        await ws.close(code=code, message=reason.encode()[:120])
+
+    agent = AgentSession(claims.client_id, send, close)
+    agent.holdings = {h.content_id: h.version for h in hello.holdings}
+    await process.sessions.add(agent)
+    agent.offer(
+        encode_message(
+            Welcome(
+                node_id=process.config.node_id,
+                client_id=claims.client_id,
+                server_time=time.time(),
+                heartbeat_s=25.0,
+            )
+        )
+    )
+    await process.node.deliver_pending(agent)
+    try:
+        async for frame in ws:
+            if frame.type != WSMsgType.TEXT:
+                continue
+            try:
+                message = decode_from_agent(frame.data)
+            except InvalidRecord:
+                continue
+            if isinstance(message, Feedback):
+                process.relay_feedback(claims.client_id, message)
+            elif isinstance(message, Ping):
+                agent.offer(encode_message(Pong(ts=time.time())))
+    finally:
+        await process.sessions.remove(agent)
+    return ws
+
+
+async def healthz(request: web.Request) -> web.Response:
+    process = request.app[NODE]
+    return web.json_response(
+        {
+            "node_id": process.config.node_id,
+            "slot": process.config.slot,
+            "agents": len(process.sessions),
+            "ring": [m.node_id for m in process.ring.ring().members],
+        }
+    )
+
+
+async def metrics(_request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+def create_app(settings: Settings, config: NodeConfig) -> web.Application:
+    tokens.check_secrets(settings.agent_token_secrets)
+    app = web.Application()
+    app[NODE] = NodeProcess(settings, config)
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_get(WS_PATH, agent_socket)
+    app.router.add_get("/v1/content/{content_id:.+}", get_content)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def run(settings: Settings, config: NodeConfig) -> None:
+    web.run_app(create_app(settings, config), host=config.host, port=config.port, print=None)

@@ -1,0 +1,269 @@
+"""End to end on real Kafka and Cassandra: origin, worker and cache node as real processes.
+
+An interaction published for a client leads to a push of a predicted item to its connected
+agent; a version bump reaches the agent holding the item and no other; forged or foreign
+tokens and ids outside the origin are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from foresight import tokens
+from foresight.migrate import migrate
+from foresight.settings import Settings
+from producers.datasets import read_yoochoose
+from producers.publisher import InteractionPublisher
+from schemas import Interaction
+from schemas.protocol import (
+    CloseCode,
+    Hello,
+    Push,
+    Update,
+    Welcome,
+    decode_from_node,
+    encode_message,
+)
+
+from .conftest import free_port, settings_env
+
+SECRET = "integration-secret-0123456789abcdef-0123456789"
+# Start-up of the three processes (Faust group join, Cassandra sessions, ring catch-up).
+START_TIMEOUT_S = 90.0
+# From a published interaction to a push: the worker and the node each poll Kafka.
+PUSH_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Delivery:
+    settings: Settings
+    processes: list[subprocess.Popen[bytes]]
+    node_url: str
+    origin_url: str
+    worker_port: int
+
+    def token(self, client_id: str, secret: str = SECRET, ttl: float = 600.0) -> str:
+        return tokens.issue(secret, client_id, ttl, time.time())
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                body = json.loads(response.read() or b"{}")
+                if response.status == 200 and body.get("ready", True):
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(
+        f"{url} did not answer in {START_TIMEOUT_S} s:\n" + log.read_text(errors="replace")[-3000:]
+    )
+
+
+@pytest.fixture
+def delivery(settings: Settings, tmp_path: Path) -> Iterator[Delivery]:
+    origin_port, node_port, worker_port = free_port(), free_port(), free_port()
+    mine = settings.model_copy(
+        update={
+            "worker_group": f"w-{settings.cassandra_keyspace}",
+            "worker_web_port": worker_port,
+            "origin_port": origin_port,
+            "origin_latency_ms": 0.0,
+            "origin_url_template": f"http://127.0.0.1:{origin_port}/content/{{content_id}}",
+            "cache_node_base_port": node_port,
+            "state_dir": tmp_path / "state",
+            "agent_token_secrets": [SECRET],
+            "snapshot_interval_s": 3600.0,
+        }
+    )
+    migrate(mine)
+    env = settings_env(mine)
+    env["FORESIGHT_AGENT_TOKEN_SECRETS"] = json.dumps([SECRET])
+    processes: list[subprocess.Popen[bytes]] = []
+    commands = {
+        "origin": ["origin"],
+        "node": ["cache-node", "--node-id", "0"],
+        "worker": ["worker", "-l", "info"],
+    }
+    health = {
+        "origin": f"http://127.0.0.1:{origin_port}/healthz",
+        "node": f"http://127.0.0.1:{node_port}/healthz",
+        "worker": f"http://127.0.0.1:{worker_port}/healthz",
+    }
+    try:
+        for name, args in commands.items():
+            log = tmp_path / f"{name}.log"
+            process = subprocess.Popen(
+                [sys.executable, "-m", "foresight", *args],
+                env=env,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            processes.append(process)
+            _wait_http(health[name], process, log)
+        yield Delivery(
+            mine,
+            processes,
+            f"http://127.0.0.1:{node_port}",
+            f"http://127.0.0.1:{origin_port}",
+            worker_port,
+        )
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _warm(settings: Settings, data: Path, count: int = 3000) -> list[Interaction]:
+    events = sorted(read_yoochoose(data / "train_valid.tsv"), key=lambda e: e.ts)[:count]
+    with InteractionPublisher(settings) as publisher:
+        publisher.publish_batch(events)
+    return events
+
+
+def _processed(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith('foresight_worker_events_total{outcome="ok"'):
+                return float(line.split()[-1])
+    return 0.0
+
+
+async def _connect(
+    session: aiohttp.ClientSession, d: Delivery, client: str, token: str
+) -> aiohttp.ClientWebSocketResponse:
+    ws = await session.ws_connect(
+        f"{d.node_url}/v1/agents/ws", headers={"Authorization": f"Bearer {token}"}
+    )
+    await ws.send_str(encode_message(Hello(client_id=client, agent="test/1")).decode())
+    return ws
+
+
+async def _next(ws: aiohttp.ClientWebSocketResponse, kind: type, wait_s: float) -> object:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        frame = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+        if frame.type != aiohttp.WSMsgType.TEXT:
+            raise AssertionError(f"socket ended: {frame.type} {frame.data} {frame.extra}")
+        message = decode_from_node(frame.data)
+        if isinstance(message, kind):
+            return message
+    raise AssertionError(f"no {kind.__name__} in {wait_s} s")
+
+
+def _read(request: str | urllib.request.Request) -> bytes:
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        body: bytes = response.read()
+        return body
+
+
+def test_a_click_leads_to_a_push_and_a_bump_reaches_only_the_holder(
+    delivery: Delivery, yoochoose_dir: Path
+) -> None:
+    d = delivery
+    warm = _warm(d.settings, yoochoose_dir)
+    deadline = time.monotonic() + 120
+    while _processed(d.worker_port) < len(warm) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    # A real first click whose successors the warm-up taught the model.
+    popular = max({e.content_id for e in warm}, key=[e.content_id for e in warm].count)
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            holder = await _connect(session, d, "agent-1", d.token("agent-1"))
+            other = await _connect(session, d, "agent-2", d.token("agent-2"))
+            assert isinstance(await _next(holder, Welcome, 10), Welcome)
+            assert isinstance(await _next(other, Welcome, 10), Welcome)
+            with InteractionPublisher(d.settings) as publisher:
+                publisher.publish(
+                    Interaction(
+                        event_id="e2e-1",
+                        client_id="agent-1",
+                        content_id=popular,
+                        kind="click",
+                        ts=time.time(),
+                    )
+                )
+            push = await _next(holder, Push, PUSH_TIMEOUT_S)
+            assert isinstance(push, Push)
+            assert hashlib.sha256(push.body).hexdigest() == push.digest
+            view = await asyncio.to_thread(
+                _read, f"http://127.0.0.1:{d.worker_port}/clients/agent-1"
+            )
+            predicted = [item for item, _ in json.loads(view)["predictions"]]
+            assert push.content_id in predicted
+            # The origin bumps the pushed item: only its holder gets the new version.
+            request = urllib.request.Request(
+                f"{d.origin_url}/admin/content/{push.content_id}/bump", method="POST"
+            )
+            await asyncio.to_thread(_read, request)
+            update = await _next(holder, Update, PUSH_TIMEOUT_S)
+            assert isinstance(update, Update)
+            assert update.content_id == push.content_id and update.version > push.version
+            assert update.previous_version == push.version
+            with pytest.raises((AssertionError, TimeoutError)):
+                await _next(other, Update, 3)
+            await holder.close()
+            await other.close()
+
+    asyncio.run(scenario())
+
+
+def test_forged_and_foreign_tokens_and_escaping_ids_are_refused(delivery: Delivery) -> None:
+    d = delivery
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            forged = d.token("agent-3", secret="another-secret-0123456789abcdef-xyz")
+            ws = await _connect(session, d, "agent-3", forged)
+            await ws.receive(timeout=10)
+            assert ws.close_code == CloseCode.UNAUTHORIZED
+            foreign = await _connect(session, d, "agent-3", d.token("agent-4"))
+            await foreign.receive(timeout=10)
+            assert foreign.close_code == CloseCode.FORBIDDEN
+            expired = tokens.issue(SECRET, "agent-3", 1.0, time.time() - 3600)
+            late = await _connect(session, d, "agent-3", expired)
+            await late.receive(timeout=10)
+            assert late.close_code == CloseCode.TOKEN_EXPIRED
+            good = {"Authorization": f"Bearer {d.token('agent-3')}"}
+            async with session.get(f"{d.node_url}/v1/content/214536502") as missing:
+                assert missing.status == 401
+            async with session.get(
+                f"{d.node_url}/v1/content/214536502", headers={"Authorization": f"Bearer {forged}"}
+            ) as bad:
+                assert bad.status == 401
+            async with session.get(f"{d.node_url}/v1/content/214536502", headers=good) as ok:
+                assert ok.status == 200
+                assert hashlib.sha256(await ok.read()).hexdigest() == ok.headers["X-Content-Digest"]
+            for escape in (
+                "a/../../etc/passwd",
+                "a%2F..%2F..%2Fetc",
+                "..%2Fsecret",
+                "http:%2F%2Fevil.example%2Fx",
+            ):
+                async with session.get(
+                    f"{d.node_url}/v1/content/{escape}", headers=good
+                ) as refused:
+                    assert refused.status in (400, 404), escape
+
+    asyncio.run(scenario())
