@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 from consumers.fetcher import Fetcher, FetcherConfig, FetchFailed, FetchRefused
 from consumers.node import CacheNode
 from consumers.sessions import AgentSession, SessionRegistry
+from consumers.static import add_agent_routes
 from consumers.store import ContentStore
 from foresight import tokens
 from foresight.cassandra import connect
@@ -279,7 +280,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         for coro in (process.consume_commands(), process.consume_updates(), process.heartbeat())
     ]
     yield
-    await process.leave()
     process._stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     for agent in process.sessions.all():
@@ -288,6 +288,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(process.producer.flush, 10)
     process.ring.stop()
     await asyncio.to_thread(cluster.shutdown)
+
+
+async def _leave(app: web.Application) -> None:
+    """On shutdown, before aiohttp waits for open handlers: leave the ring and send every
+    agent to its new owner, so their sockets close now instead of after the shutdown timeout."""
+    await app[NODE].leave()
 
 
 def _client_of(request: web.Request, process: NodeProcess) -> str:
@@ -423,6 +429,8 @@ def create_app(settings: Settings, config: NodeConfig) -> web.Application:
     app.router.add_get("/v1/content/{content_id:.+}", get_content)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    add_agent_routes(app)
+    app.on_shutdown.append(_leave)
     return app
 
 
