@@ -1,0 +1,580 @@
+"""The Python agent SDK: one client's WebSocket to its owner node and a local cache in front.
+
+``Agent(client_id, token, url)`` may start at any node: one that does not own the client
+redirects it, so the agent finds its owner by itself. What the node pushes goes into a
+byte-bounded LRU (``agents.cache.LocalCache``, digests checked); ``get`` answers from it, or
+fetches from the owner over HTTP, and every prefetched item ends in one feedback outcome. After
+any disconnect but a refused token the agent reconnects with backoff and a hello listing its
+holdings, so nothing it holds is lost or pushed twice (docs/push-protocol.md).
+
+    async with Agent("client-42", token, "http://127.0.0.1:8710") as agent:
+        result = await agent.get("p/1")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+
+import aiohttp
+
+from agents.cache import DropReason, Entry, LocalCache
+from schemas.protocol import (
+    MAX_HOLDINGS,
+    MAX_MESSAGE_BYTES,
+    WS_PATH,
+    CloseCode,
+    Error,
+    Feedback,
+    Hello,
+    Holding,
+    Invalidate,
+    NodeMessage,
+    Ping,
+    Pong,
+    Push,
+    Redirect,
+    Resume,
+    Update,
+    Welcome,
+    decode_from_node,
+    digest,
+    encode_message,
+)
+from schemas.records import IDENTIFIER_PATTERN, FeedbackOutcome
+from schemas.validation import InvalidRecord
+
+log = logging.getLogger(__name__)
+
+AGENT_NAME = "foresight-python/0.1"
+#: Redirects followed without a welcome before backing off (as after 1013).
+MAX_REDIRECTS = 3
+#: Feedback kept while disconnected; beyond it the oldest is dropped (and counted).
+FEEDBACK_BUFFER = 1000
+#: The node closes a connection without a hello after 10 s; we wait as long for its welcome.
+HANDSHAKE_TIMEOUT_S = 10.0
+#: A send slower than this means the node stopped reading: drop the socket and reconnect.
+SEND_TIMEOUT_S = 10.0
+#: Best effort for the last feedback when closing; close() must not hang on a dead node.
+FLUSH_TIMEOUT_S = 1.0
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30.0)
+_AUTH_CODES = frozenset({CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.TOKEN_EXPIRED})
+_DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
+_IDENTIFIER = re.compile(f"(?=.{{1,256}}$){IDENTIFIER_PATTERN}")
+_Socket = aiohttp.ClientWebSocketResponse[bool]
+
+
+class AgentError(Exception):
+    """Base of the SDK's errors."""
+
+
+class AgentAuthError(AgentError):
+    """The token was refused (close 4001/4003/4004, HTTP 401/403): retrying it cannot help."""
+
+
+class AgentConnectionError(AgentError):
+    """No node welcomed the agent: unreachable, closed early, or too many redirects."""
+
+
+class ContentNotFound(AgentError, LookupError):
+    """The node does not know the content (HTTP 404)."""
+
+
+class ContentCorrupt(AgentError):
+    """The node's answer does not match its own digest or headers."""
+
+
+@dataclass(slots=True)
+class AgentStats:
+    """Counters since the agent was made; ``hits`` counts every get answered locally."""
+
+    pushes: int = 0
+    updates: int = 0
+    duplicate_pushes: int = 0
+    rejected_pushes: int = 0
+    bytes_pushed: int = 0
+    hits: int = 0
+    misses: int = 0
+    unused: int = 0
+    expired: int = 0
+    reconnects: int = 0
+    redirects: int = 0
+    feedback_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    content_id: str
+    body: bytes
+    version: int
+    content_type: str
+    from_cache: bool
+    latency_ms: float
+
+
+class _Moved(Exception):
+    """A node sent the agent elsewhere; ``redirect`` is None when its frame was lost."""
+
+    def __init__(self, redirect: Redirect | None) -> None:
+        super().__init__("moved")
+        self.redirect = redirect
+
+
+_RETRYABLE = (AgentConnectionError, aiohttp.ClientError, OSError, TimeoutError)
+
+
+def _ws_url(base: str) -> str:
+    parts = urlsplit(base)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + WS_PATH, "", ""))
+
+
+def _http_base(ws_url: str) -> str:
+    parts = urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path.removesuffix(WS_PATH), "", ""))
+
+
+class Agent:
+    """One client's agent. Use as ``async with``, or call ``connect`` and ``close``."""
+
+    def __init__(
+        self,
+        client_id: str,
+        token: str,
+        url: str,
+        *,
+        cache_bytes: int = 64 * 1024 * 1024,
+        session: aiohttp.ClientSession | None = None,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        if _IDENTIFIER.fullmatch(client_id) is None:
+            raise ValueError(f"client_id must match ^{IDENTIFIER_PATTERN}$")
+        self.client_id = client_id
+        self.stats = AgentStats()
+        self.cache = LocalCache(cache_bytes, on_drop=self._dropped)
+        self._token = token
+        self._bootstrap = url.rstrip("/")
+        #: Base http(s) URL of the node believed to own the client.
+        self._owner = self._bootstrap
+        #: Every node heard of (in order): any of them can point the agent to its owner.
+        self._nodes = {self._bootstrap: None}
+        self._session = session
+        self._own_session = session is None
+        self._backoff_s = (reconnect_min_s, reconnect_max_s)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._ws: _Socket | None = None
+        self._node_id: str | None = None
+        self._heartbeat_s = 25.0
+        self._heard = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._feedback: deque[Feedback] = deque(maxlen=FEEDBACK_BUFFER)
+        self._control: deque[Ping | Pong] = deque()
+        self._wake = asyncio.Event()
+        self._waiters: dict[str, list[tuple[int, asyncio.Future[int]]]] = {}
+        self._error: AgentError | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    @property
+    def node_id(self) -> str | None:
+        """The node that welcomed the agent last."""
+        return self._node_id
+
+    @property
+    def owner_url(self) -> str:
+        return self._owner
+
+    @property
+    def error(self) -> AgentError | None:
+        """Why the agent stopped for good (a refused token), if it did."""
+        return self._error
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Return once a node (the owner, after at most MAX_REDIRECTS redirects) welcomes us.
+
+        Raises AgentAuthError for a refused token, AgentConnectionError when no node welcomes.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._task is not None and not self._task.done():
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            ws = await self._establish(None)
+        except _RETRYABLE as exc:
+            raise AgentConnectionError(f"no welcome from {self._owner}: {exc!r}") from exc
+        self._task = asyncio.create_task(self._run(ws), name=f"agent:{self.client_id}")
+
+    async def close(self) -> None:
+        """Stop reconnecting, send the pending feedback if connected, close the socket."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def get(self, content_id: str) -> GetResult:
+        """The content: from the local cache when held, else from the owner node over HTTP.
+
+        Raises ContentNotFound, AgentAuthError, ContentCorrupt or AgentConnectionError.
+        """
+        if self._error is not None:
+            raise self._error
+        if _IDENTIFIER.fullmatch(content_id) is None:
+            raise ValueError(f"content_id must match ^{IDENTIFIER_PATTERN}$")
+        started = time.perf_counter()
+        entry = self.cache.get(content_id)
+        if entry is not None:
+            latency_ms = (time.perf_counter() - started) * 1000
+            self.stats.hits += 1
+            if entry.prefetched and entry.hits == 1:
+                self._report(entry.content_id, entry.version, "hit", latency_ms)
+            return GetResult(
+                content_id, entry.body, entry.version, entry.content_type, True, latency_ms
+            )
+        version, content_type, body = await self._fetch(content_id)
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.stats.misses += 1
+        self._report(content_id, version, "miss", latency_ms)
+        return GetResult(content_id, body, version, content_type, False, latency_ms)
+
+    # A deadline argument of its own (ASYNC109) reads best in the tests and demos it serves.
+    async def wait_for(
+        self,
+        content_id: str,
+        timeout: float,  # noqa: ASYNC109
+        *,
+        min_version: int = 0,
+    ) -> int:
+        """The version of ``content_id`` once held at ``min_version`` or newer (TimeoutError)."""
+        held = self.cache.peek(content_id)
+        if held is not None and held.version >= min_version:
+            return held.version
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(content_id, [])
+        waiters.append((min_version, waiter))
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        finally:
+            waiters.remove((min_version, waiter))
+            if not waiters:
+                del self._waiters[content_id]
+
+    async def report_expired(self, ttl_s: float) -> int:
+        """Drop the prefetched entries unused for ``ttl_s`` since their push; report them."""
+        expired = self.cache.unused_expired(self._clock(), ttl_s)
+        for entry in expired:
+            self._report(entry.content_id, entry.version, "expired", 0.0)
+        self.stats.expired += len(expired)
+        return len(expired)
+
+    # The connection: handshake, redirects, the reader and the reconnect loop.
+
+    async def _establish(self, resume: Resume | None) -> _Socket:
+        """A welcomed socket, following up to MAX_REDIRECTS redirects."""
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                return await self._handshake(resume)
+            except _Moved as moved:
+                resume = self._follow(moved.redirect)
+        raise AgentConnectionError(f"more than {MAX_REDIRECTS} redirects without a welcome")
+
+    def _follow(self, redirect: Redirect | None) -> Resume:
+        """Take the new owner from a redirect; without one, ask any node again."""
+        self.stats.redirects += 1
+        self._owner = _http_base(redirect.url) if redirect else self._bootstrap
+        self._nodes[self._owner] = None
+        log.info("redirected to %s (%s)", self._owner, redirect.reason if redirect else "4010")
+        return self._resume(redirected=True)
+
+    def _resume(self, *, redirected: bool) -> Resume:
+        return Resume(node_id=self._node_id, redirected=redirected, disconnected_at=self._clock())
+
+    async def _handshake(self, resume: Resume | None) -> _Socket:
+        assert self._session is not None
+        try:
+            ws = await self._session.ws_connect(
+                _ws_url(self._owner),
+                headers={"Authorization": f"Bearer {self._token}"},
+                max_msg_size=MAX_MESSAGE_BYTES,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status in (401, 403):
+                raise self._fail(f"token refused at the upgrade (HTTP {exc.status})") from exc
+            raise
+        holdings = [
+            Holding(content_id=h.content_id, version=h.version, digest=h.digest)
+            for h in self.cache.holdings()[:MAX_HOLDINGS]
+        ]
+        hello = Hello(
+            client_id=self.client_id,
+            holdings=holdings,
+            agent=AGENT_NAME,
+            cache_max_bytes=self.cache.max_bytes,
+            resume=resume,
+        )
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                await ws.send_str(encode_message(hello).decode())
+                while (msg := await ws.receive()).type in _DATA:
+                    frame = self._decode(msg.data)
+                    if isinstance(frame, Welcome):
+                        self._node_id, self._heartbeat_s = frame.node_id, frame.heartbeat_s
+                        return ws
+                    if isinstance(frame, Redirect):
+                        raise _Moved(frame)
+                    if frame is not None:
+                        self._on_frame(frame)
+        except BaseException:
+            await ws.close()
+            raise
+        code = ws.close_code
+        if code in _AUTH_CODES:
+            raise self._fail(f"token refused ({CloseCode(code).name}, close {code})")
+        if code == CloseCode.MOVED:
+            raise _Moved(None)
+        raise AgentConnectionError(f"{self._owner} closed with {code} before a welcome")
+
+    async def _run(self, ws: _Socket) -> None:
+        """Serve the socket, then reconnect after each loss that a retry can mend."""
+        try:
+            while True:
+                redirect, code = await self._serve(ws)
+                if code in _AUTH_CODES:
+                    self._fail(f"token refused ({CloseCode(code).name}, close {code})")
+                    return
+                if code == CloseCode.SUPERSEDED:
+                    log.warning("a newer connection of %s took over; not reconnecting", self)
+                    return
+                if redirect is not None or code == CloseCode.MOVED:
+                    resume, failures = self._follow(redirect), 0
+                else:
+                    log.info("lost node %s (close %s); reconnecting", self._node_id, code)
+                    resume, failures = self._resume(redirected=False), 1
+                ws = await self._reconnect(resume, failures)
+                self.stats.reconnects += 1
+        except AgentAuthError:
+            return
+        finally:
+            if not ws.closed:
+                await self._goodbye(ws)
+
+    async def _reconnect(self, resume: Resume, failures: int) -> _Socket:
+        """Try the last owner, then every other node heard of (the ring's owner is one
+        redirect away from any), backing off between rounds; an auth error ends it."""
+        owner = self._owner
+        while True:
+            if failures:
+                low, high = self._backoff_s
+                delay = min(high, low * 2 ** (failures - 1))
+                await asyncio.sleep(delay * (0.5 + self._rng.random() / 2))
+            for target in dict.fromkeys((owner, *self._nodes)):
+                self._owner = target
+                try:
+                    return await self._establish(resume)
+                except _RETRYABLE as exc:
+                    log.info("reconnect to %s failed: %r", self._owner, exc)
+            failures += 1
+
+    async def _serve(self, ws: _Socket) -> tuple[Redirect | None, int | None]:
+        """Read the socket until it closes (this task alone reads it); a sender task writes."""
+        self._ws, self._heard = ws, asyncio.get_running_loop().time()
+        self._control.clear()
+        self._wake.set()
+        sender = asyncio.create_task(self._send_loop(ws))
+        try:
+            while (msg := await ws.receive()).type in _DATA:
+                self._heard = asyncio.get_running_loop().time()
+                frame = self._decode(msg.data)
+                if isinstance(frame, Redirect):
+                    await ws.close()
+                    return frame, CloseCode.MOVED
+                if frame is not None:
+                    self._on_frame(frame)
+            return None, ws.close_code
+        finally:
+            self._ws = None
+            sender.cancel()
+            await asyncio.wait([sender])
+
+    async def _send_loop(self, ws: _Socket) -> None:
+        """The socket's one writer: pongs and pings first, then feedback; a ping per heartbeat.
+
+        Silence from the node for two heartbeats, or a stuck send, closes the socket, which
+        ends the reader and so leads to a reconnect.
+        """
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time() + self._heartbeat_s
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel that
+                # arrives as the wait ends, and this task would outlive its socket.
+                async with asyncio.timeout_at(next_ping):
+                    await self._wake.wait()
+            except TimeoutError:
+                if loop.time() - self._heard >= 2 * self._heartbeat_s:
+                    log.warning("node %s silent for two heartbeats", self._node_id)
+                    await ws.close()
+                    return
+                self._control.append(Ping(ts=self._clock()))
+                next_ping = loop.time() + self._heartbeat_s
+            self._wake.clear()
+            while self._control or self._feedback:
+                message = self._control.popleft() if self._control else self._feedback.popleft()
+                frame = encode_message(message).decode()
+                try:
+                    async with asyncio.timeout(SEND_TIMEOUT_S):
+                        await ws.send_str(frame)
+                except BaseException as exc:
+                    if isinstance(message, Feedback):  # not sent: first in line for the next
+                        self._feedback.appendleft(message)
+                    if not isinstance(exc, aiohttp.ClientError | OSError | TimeoutError):
+                        raise
+                    log.info("send to node %s failed: %r", self._node_id, exc)
+                    await ws.close()
+                    return
+
+    async def _goodbye(self, ws: _Socket) -> None:
+        try:
+            async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                while self._feedback:
+                    await ws.send_str(encode_message(self._feedback[0]).decode())
+                    self._feedback.popleft()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.info("%d feedback unsent at close: %r", len(self._feedback), exc)
+        await ws.close()
+
+    def _fail(self, reason: str) -> AgentAuthError:
+        self._error = AgentAuthError(f"{reason}: get a new token for {self.client_id}")
+        log.error("%s", self._error)
+        return self._error
+
+    # What the node says, and what the agent tells it.
+
+    def _decode(self, raw: str | bytes) -> NodeMessage | None:
+        try:
+            return decode_from_node(raw)
+        except InvalidRecord as exc:
+            log.warning("ignored a frame from node %s: %s", self._node_id, exc.reason)
+            return None
+
+    def _on_frame(self, frame: NodeMessage) -> None:
+        if isinstance(frame, Push | Update):
+            self._store(frame)
+        elif isinstance(frame, Ping):
+            self._control.append(Pong(ts=frame.ts))
+            self._wake.set()
+        elif isinstance(frame, Error):
+            log.warning("node %s refused a frame: %s (%d)", self._node_id, frame.reason, frame.code)
+        elif isinstance(frame, Invalidate):
+            self.cache.invalidate(frame.content_id, frame.version)
+
+    def _store(self, msg: Push | Update) -> None:
+        held = self.cache.peek(msg.content_id)
+        self.stats.bytes_pushed += len(msg.body)
+        if isinstance(msg, Update):
+            self.stats.updates += 1
+            if held is None:  # dropped meanwhile: the next hello tells the node
+                return
+        else:
+            self.stats.pushes += 1
+            if held is not None and held.version == msg.version:
+                self.stats.duplicate_pushes += 1
+        if digest(msg.body) != msg.digest:
+            self.stats.rejected_pushes += 1
+            log.warning("refused %s v%d: digest mismatch", msg.content_id, msg.version)
+            return
+        item = (msg.content_id, msg.version, msg.digest, msg.content_type, msg.body)
+        if self.cache.put(*item, pushed_at=msg.pushed_at, prefetched=True):
+            for min_version, waiter in self._waiters.get(msg.content_id, []):
+                if msg.version >= min_version and not waiter.done():
+                    waiter.set_result(msg.version)
+
+    def _dropped(self, entry: Entry, reason: DropReason) -> None:
+        if entry.prefetched and not entry.used:
+            self.stats.unused += 1
+            self._report(entry.content_id, entry.version, "unused", 0.0)
+
+    def _report(self, content_id: str, version: int, outcome: FeedbackOutcome, ms: float) -> None:
+        """Queue one feedback; the sender delivers it now or after the next reconnect."""
+        if len(self._feedback) == FEEDBACK_BUFFER:
+            self.stats.feedback_dropped += 1
+        now = self._clock()
+        self._feedback.append(
+            Feedback(content_id=content_id, version=version, outcome=outcome, latency_ms=ms, ts=now)
+        )
+        self._wake.set()
+
+    async def _fetch(self, content_id: str) -> tuple[int, str, bytes]:
+        """``(version, content_type, body)`` from the owner; a 421 is followed once."""
+        if self._session is None:
+            raise AgentError("connect() first")
+        headers = {"Authorization": f"Bearer {self._token}"}
+        for attempt in range(2):
+            url = f"{self._owner}/v1/content/{quote(content_id, safe='')}"
+            try:
+                async with self._session.get(
+                    url, headers=headers, allow_redirects=False, timeout=HTTP_TIMEOUT
+                ) as resp:
+                    location = resp.headers.get("Location")
+                    if resp.status == 421 and location and attempt == 0:
+                        self._owner = urljoin(url, location).rstrip("/")
+                        self._nodes[self._owner] = None
+                        log.info("content owner of %s is %s", self.client_id, self._owner)
+                        continue
+                    if resp.status in (401, 403):
+                        raise AgentAuthError(f"token refused by {self._owner} ({resp.status})")
+                    if resp.status == 404:
+                        raise ContentNotFound(content_id)
+                    if resp.status != 200:
+                        raise AgentError(f"{url} answered {resp.status} {resp.reason}")
+                    body = await resp.read()
+                    content_type = resp.headers.get("Content-Type", "application/octet-stream")
+                    sent_digest = resp.headers.get("X-Content-Digest", digest(body))
+                    version = int(resp.headers.get("X-Content-Version", ""))
+            except aiohttp.ClientError as exc:
+                raise AgentConnectionError(f"cannot fetch {content_id}: {exc!r}") from exc
+            except ValueError as exc:
+                raise ContentCorrupt(f"{url}: no integer X-Content-Version") from exc
+            if sent_digest != digest(body):
+                raise ContentCorrupt(f"{url}: body does not match X-Content-Digest")
+            item = (content_id, version, sent_digest, content_type, body)
+            self.cache.put(*item, pushed_at=self._clock(), prefetched=False)
+            return version, content_type, body
+        raise AgentError(f"{content_id}: misdirected twice")
+
+    def __repr__(self) -> str:
+        return f"Agent({self.client_id!r}, node={self._node_id!r}, owner={self._owner!r})"
