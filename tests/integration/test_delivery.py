@@ -14,15 +14,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from agents.sdk import Agent
 from foresight import tokens
 from foresight.migrate import migrate
+from foresight.ring import HashRing, Member
 from foresight.settings import Settings
 from producers.datasets import read_yoochoose
 from producers.publisher import InteractionPublisher
@@ -49,10 +51,21 @@ PUSH_TIMEOUT_S = 30.0
 @dataclass
 class Delivery:
     settings: Settings
-    processes: list[subprocess.Popen[bytes]]
-    node_url: str
+    processes: dict[str, subprocess.Popen[bytes]]
+    node_urls: list[str]
     origin_url: str
     worker_port: int
+
+    @property
+    def node_url(self) -> str:
+        return self.node_urls[0]
+
+    def owner(self, client_id: str) -> str:
+        """The base URL of the node that owns a client, as every process computes it."""
+        ring = HashRing(
+            Member(f"node-{n}", url=url, slot=n) for n, url in enumerate(self.node_urls)
+        )
+        return ring.owner(client_id).url
 
     def token(self, client_id: str, secret: str = SECRET, ttl: float = 600.0) -> str:
         return tokens.issue(secret, client_id, ttl, time.time())
@@ -94,15 +107,18 @@ def delivery(settings: Settings, tmp_path: Path) -> Iterator[Delivery]:
     migrate(mine)
     env = settings_env(mine)
     env["FORESIGHT_AGENT_TOKEN_SECRETS"] = json.dumps([SECRET])
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    node_urls = [f"http://127.0.0.1:{node_port + n}" for n in range(2)]
     commands = {
         "origin": ["origin"],
-        "node": ["cache-node", "--node-id", "0"],
+        "node-0": ["cache-node", "--node-id", "0"],
+        "node-1": ["cache-node", "--node-id", "1"],
         "worker": ["worker", "-l", "info"],
     }
     health = {
         "origin": f"http://127.0.0.1:{origin_port}/healthz",
-        "node": f"http://127.0.0.1:{node_port}/healthz",
+        "node-0": f"{node_urls[0]}/healthz",
+        "node-1": f"{node_urls[1]}/healthz",
         "worker": f"http://127.0.0.1:{worker_port}/healthz",
     }
     try:
@@ -114,19 +130,13 @@ def delivery(settings: Settings, tmp_path: Path) -> Iterator[Delivery]:
                 stdout=log.open("wb"),
                 stderr=subprocess.STDOUT,
             )
-            processes.append(process)
+            processes[name] = process
             _wait_http(health[name], process, log)
-        yield Delivery(
-            mine,
-            processes,
-            f"http://127.0.0.1:{node_port}",
-            f"http://127.0.0.1:{origin_port}",
-            worker_port,
-        )
+        yield Delivery(mine, processes, node_urls, f"http://127.0.0.1:{origin_port}", worker_port)
     finally:
-        for process in processes:
+        for process in processes.values():
             process.terminate()
-        for process in processes:
+        for process in processes.values():
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -152,7 +162,7 @@ async def _connect(
     session: aiohttp.ClientSession, d: Delivery, client: str, token: str
 ) -> aiohttp.ClientWebSocketResponse:
     ws = await session.ws_connect(
-        f"{d.node_url}/v1/agents/ws", headers={"Authorization": f"Bearer {token}"}
+        f"{d.owner(client)}/v1/agents/ws", headers={"Authorization": f"Bearer {token}"}
     )
     await ws.send_str(encode_message(Hello(client_id=client, agent="test/1")).decode())
     return ws
@@ -246,13 +256,14 @@ def test_forged_and_foreign_tokens_and_escaping_ids_are_refused(delivery: Delive
             await late.receive(timeout=10)
             assert late.close_code == CloseCode.TOKEN_EXPIRED
             good = {"Authorization": f"Bearer {d.token('agent-3')}"}
-            async with session.get(f"{d.node_url}/v1/content/214536502") as missing:
+            node = d.owner("agent-3")
+            async with session.get(f"{node}/v1/content/214536502") as missing:
                 assert missing.status == 401
             async with session.get(
-                f"{d.node_url}/v1/content/214536502", headers={"Authorization": f"Bearer {forged}"}
+                f"{node}/v1/content/214536502", headers={"Authorization": f"Bearer {forged}"}
             ) as bad:
                 assert bad.status == 401
-            async with session.get(f"{d.node_url}/v1/content/214536502", headers=good) as ok:
+            async with session.get(f"{node}/v1/content/214536502", headers=good) as ok:
                 assert ok.status == 200
                 assert hashlib.sha256(await ok.read()).hexdigest() == ok.headers["X-Content-Digest"]
             for escape in (
@@ -261,9 +272,60 @@ def test_forged_and_foreign_tokens_and_escaping_ids_are_refused(delivery: Delive
                 "..%2Fsecret",
                 "http:%2F%2Fevil.example%2Fx",
             ):
-                async with session.get(
-                    f"{d.node_url}/v1/content/{escape}", headers=good
-                ) as refused:
+                async with session.get(f"{node}/v1/content/{escape}", headers=good) as refused:
                     assert refused.status in (400, 404), escape
+
+    asyncio.run(scenario())
+
+
+async def _until(condition: Callable[[], bool], wait_s: float) -> None:
+    """Poll a condition of the agent's state, which no event signals, for up to wait_s."""
+    deadline = time.monotonic() + wait_s
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+
+
+def test_an_agent_is_served_from_its_cache_and_keeps_it_when_its_node_stops(
+    delivery: Delivery, yoochoose_dir: Path
+) -> None:
+    d = delivery
+    warm = _warm(d.settings, yoochoose_dir)
+    deadline = time.monotonic() + 120
+    while _processed(d.worker_port) < len(warm) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    popular = max({e.content_id for e in warm}, key=[e.content_id for e in warm].count)
+    client = "sdk-1"
+    owner = d.owner(client)
+    other = next(url for url in d.node_urls if url != owner)
+
+    async def scenario() -> None:
+        # Connect through the node that does not own the client: it redirects.
+        async with Agent(client, d.token(client), other) as agent:
+            assert agent.owner_url == owner
+            with InteractionPublisher(d.settings) as publisher:
+                publisher.publish(
+                    Interaction(
+                        event_id="sdk-e1",
+                        client_id=client,
+                        content_id=popular,
+                        kind="click",
+                        ts=time.time(),
+                    )
+                )
+            await _until(lambda: bool(agent.cache.holdings()), PUSH_TIMEOUT_S)
+            held = agent.cache.holdings()
+            assert held, "a predicted item should have been pushed"
+            item = held[0].content_id
+            first = await agent.get(item)
+            assert first.from_cache and first.version == held[0].version
+            # The owner stops: the agent moves to the other node and keeps what it holds.
+            name = "node-0" if owner == d.node_urls[0] else "node-1"
+            d.processes[name].terminate()
+            await asyncio.to_thread(d.processes[name].wait, 60)
+            await _until(lambda: agent.owner_url == other, PUSH_TIMEOUT_S)
+            assert agent.owner_url == other
+            again = await agent.get(item)
+            assert again.from_cache and again.body == first.body
+            assert agent.stats.duplicate_pushes == 0
 
     asyncio.run(scenario())
