@@ -206,7 +206,11 @@ class Agent:
         return self._error
 
     async def __aenter__(self) -> Self:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()  # no session or task outlives a failed connect
+            raise
         return self
 
     async def __aexit__(

@@ -22,7 +22,12 @@ from foresight.cli.data import (
     schemas_group,
     topics_group,
 )
-from foresight.cli.delivery import cache_node_command, origin_command, token_group
+from foresight.cli.delivery import (
+    agent_command,
+    cache_node_command,
+    origin_command,
+    token_group,
+)
 from foresight.cli.services import services_group
 from foresight.cli.streams import eval_command, worker_command
 from foresight.settings import Settings
@@ -64,6 +69,7 @@ cli.add_command(eval_command)
 cli.add_command(origin_command)
 cli.add_command(token_group)
 cli.add_command(cache_node_command)
+cli.add_command(agent_command)
 
 
 def main() -> None:

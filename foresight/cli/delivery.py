@@ -110,3 +110,77 @@ def cache_node_command(ctx: click.Context, node_id: int, port: int | None, host:
     )
     console.print(f"cache node {config.node_id} (slot {config.slot}) on {config.url}")
     run(settings, config)
+
+
+@click.command("agent")
+@click.argument("client_id")
+@click.option("--url", required=True, help="Any cache node's base URL, e.g. http://127.0.0.1:8710.")
+@click.option(
+    "--token",
+    envvar="FORESIGHT_AGENT_TOKEN",
+    default=None,
+    help="The agent token (or FORESIGHT_AGENT_TOKEN); issued here when the secrets are configured.",
+)
+@click.option("--get", "gets", multiple=True, help="Content ids to get, in order (repeatable).")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds to stay connected receiving pushes before the gets.",
+)
+@click.pass_context
+def agent_command(
+    ctx: click.Context,
+    client_id: str,
+    url: str,
+    token: str | None,
+    gets: tuple[str, ...],
+    watch: float,
+) -> None:
+    """Connect as CLIENT_ID's agent: receive pushes, then get items from the local cache."""
+    import asyncio
+
+    from rich.table import Table
+
+    from agents.sdk import Agent, AgentError
+    from foresight import tokens
+
+    settings = settings_of(ctx)
+    if token is None:
+        if not settings.agent_token_secrets:
+            fail(
+                "no token: pass --token, set FORESIGHT_AGENT_TOKEN, or configure "
+                "FORESIGHT_AGENT_TOKEN_SECRETS"
+            )
+        token = tokens.issue(
+            settings.agent_token_secrets, client_id, settings.agent_token_ttl_s, time.time()
+        )
+
+    async def session() -> Table:
+        table = Table("content", "from", "version", "bytes", "ms")
+        async with Agent(client_id, token, url) as agent:
+            console.print(f"connected to {agent.node_id} ({agent.owner_url})")
+            await asyncio.sleep(watch)
+            for content_id in gets:
+                got = await agent.get(content_id)
+                table.add_row(
+                    content_id,
+                    "local cache" if got.from_cache else "node",
+                    str(got.version),
+                    str(len(got.body)),
+                    f"{got.latency_ms:.1f}",
+                )
+            stats = agent.stats
+            console.print(
+                f"pushes={stats.pushes} updates={stats.updates} hits={stats.hits} "
+                f"misses={stats.misses} held={len(agent.cache.holdings())}"
+            )
+        return table
+
+    try:
+        table = asyncio.run(session())
+    except AgentError as exc:
+        fail(f"agent: {exc}")
+    if gets:
+        console.print(table)
