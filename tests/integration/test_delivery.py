@@ -108,11 +108,12 @@ def delivery(settings: Settings, tmp_path: Path) -> Iterator[Delivery]:
     env = settings_env(mine)
     env["FORESIGHT_AGENT_TOKEN_SECRETS"] = json.dumps([SECRET])
     processes: dict[str, subprocess.Popen[bytes]] = {}
-    node_urls = [f"http://127.0.0.1:{node_port + n}" for n in range(2)]
+    node_ports = [node_port, free_port()]  # each bound on its own: base + 1 may be taken
+    node_urls = [f"http://127.0.0.1:{port}" for port in node_ports]
     commands = {
         "origin": ["origin"],
-        "node-0": ["cache-node", "--node-id", "0"],
-        "node-1": ["cache-node", "--node-id", "1"],
+        "node-0": ["cache-node", "--node-id", "0", "--port", str(node_ports[0])],
+        "node-1": ["cache-node", "--node-id", "1", "--port", str(node_ports[1])],
         "worker": ["worker", "-l", "info"],
     }
     health = {
