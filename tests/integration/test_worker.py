@@ -284,7 +284,8 @@ def test_two_workers_share_the_partitions_and_client_state_follows_its_partition
             for event in before:
                 publisher.publish(event)
         first.wait_processed(len(before))
-        other = settings.model_copy(update={"worker_id": 1, "worker_web_port": free_port()})
+        # Worker 1 listens on base + 1: make that the port known to be free.
+        other = settings.model_copy(update={"worker_id": 1, "worker_web_port": free_port() - 1})
         second = Worker(other, tmp_path / "second.log")
         second.wait_ready()
         with InteractionPublisher(settings) as publisher:
