@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -38,6 +36,7 @@ from producers.publisher import InteractionPublisher
 from schemas import Feedback, Interaction, decode
 
 from .conftest import free_port, settings_env
+from .processes import foresight_processes
 
 SECRET = "integration-secret-0123456789abcdef-0123456789"
 CLIENT = "browser-1"
@@ -55,8 +54,6 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 
-# Start-up of the three processes (Faust group join, Cassandra sessions, ring catch-up).
-START_TIMEOUT_S = 90.0
 # The worker learning 3000 warm-up events on a loaded 2-core machine.
 WARM_TIMEOUT_S = 120.0
 # Chromium's start, the page's load, the Service Worker's install and claim, and the agent's
@@ -80,23 +77,6 @@ class Delivery:
         return tokens.issue(SECRET, client_id, 600.0, time.time())
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                body = json.loads(response.read() or b"{}")
-                if response.status == 200 and body.get("ready", True):
-                    return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(
-        f"{url} did not answer in {START_TIMEOUT_S} s:\n" + log.read_text(errors="replace")[-3000:]
-    )
-
-
 @pytest.fixture
 def delivery(settings: Settings, tmp_path: Path) -> Iterator[Delivery]:
     origin_port, node_port, worker_port = free_port(), free_port(), free_port()
@@ -117,35 +97,19 @@ def delivery(settings: Settings, tmp_path: Path) -> Iterator[Delivery]:
     env = settings_env(mine)
     env["FORESIGHT_AGENT_TOKEN_SECRETS"] = json.dumps([SECRET])
     commands = {
-        "origin": ["-m", "foresight", "origin"],
-        "node": ["-m", "foresight", "cache-node", "--node-id", "0"],
-        "worker": ["-m", "foresight", "worker", "-l", "info"],
+        "origin": ["origin"],
+        "node": ["cache-node", "--node-id", "0"],
+        "worker": ["worker", "-l", "info"],
     }
     health = {
         "origin": f"http://127.0.0.1:{origin_port}/healthz",
         "node": f"http://127.0.0.1:{node_port}/healthz",
         "worker": f"http://127.0.0.1:{worker_port}/healthz",
     }
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        for name, args in commands.items():
-            log = tmp_path / f"{name}.log"
-            process = subprocess.Popen(
-                [sys.executable, *args], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
-            )
-            processes.append(process)
-            _wait_http(health[name], process, log)
+    with foresight_processes(env, commands, health, tmp_path):
         yield Delivery(
             mine, f"http://127.0.0.1:{node_port}", f"http://127.0.0.1:{origin_port}", worker_port
         )
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 @pytest.fixture

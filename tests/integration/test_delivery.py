@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -40,10 +39,9 @@ from schemas.protocol import (
 )
 
 from .conftest import free_port, settings_env
+from .processes import foresight_processes
 
 SECRET = "integration-secret-0123456789abcdef-0123456789"
-# Start-up of the three processes (Faust group join, Cassandra sessions, ring catch-up).
-START_TIMEOUT_S = 90.0
 # From a published interaction to a push: the worker and the node each poll Kafka.
 PUSH_TIMEOUT_S = 30.0
 
@@ -71,23 +69,6 @@ class Delivery:
         return tokens.issue(secret, client_id, ttl, time.time())
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                body = json.loads(response.read() or b"{}")
-                if response.status == 200 and body.get("ready", True):
-                    return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(
-        f"{url} did not answer in {START_TIMEOUT_S} s:\n" + log.read_text(errors="replace")[-3000:]
-    )
-
-
 @pytest.fixture
 def delivery(settings: Settings, tmp_path: Path) -> Iterator[Delivery]:
     origin_port, node_port, worker_port = free_port(), free_port(), free_port()
@@ -107,7 +88,6 @@ def delivery(settings: Settings, tmp_path: Path) -> Iterator[Delivery]:
     migrate(mine)
     env = settings_env(mine)
     env["FORESIGHT_AGENT_TOKEN_SECRETS"] = json.dumps([SECRET])
-    processes: dict[str, subprocess.Popen[bytes]] = {}
     node_ports = [node_port, free_port()]  # each bound on its own: base + 1 may be taken
     node_urls = [f"http://127.0.0.1:{port}" for port in node_ports]
     commands = {
@@ -122,26 +102,8 @@ def delivery(settings: Settings, tmp_path: Path) -> Iterator[Delivery]:
         "node-1": f"{node_urls[1]}/healthz",
         "worker": f"http://127.0.0.1:{worker_port}/healthz",
     }
-    try:
-        for name, args in commands.items():
-            log = tmp_path / f"{name}.log"
-            process = subprocess.Popen(
-                [sys.executable, "-m", "foresight", *args],
-                env=env,
-                stdout=log.open("wb"),
-                stderr=subprocess.STDOUT,
-            )
-            processes[name] = process
-            _wait_http(health[name], process, log)
+    with foresight_processes(env, commands, health, tmp_path) as processes:
         yield Delivery(mine, processes, node_urls, f"http://127.0.0.1:{origin_port}", worker_port)
-    finally:
-        for process in processes.values():
-            process.terminate()
-        for process in processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 def _warm(settings: Settings, data: Path, count: int = 3000) -> list[Interaction]:
