@@ -113,6 +113,17 @@ def _warm(settings: Settings, data: Path, count: int = 3000) -> list[Interaction
     return events
 
 
+def _warm_worker(d: Delivery, data: Path) -> str:
+    """Teach the worker real sessions; return the most clicked item, whose successors the
+    model then knows (a click on it leads to confident predictions)."""
+    warm = _warm(d.settings, data)
+    deadline = time.monotonic() + 120  # 3000 events on a loaded two-core machine
+    while _processed(d.worker_port) < len(warm) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    items = [e.content_id for e in warm]
+    return max(set(items), key=items.count)
+
+
 def _processed(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
@@ -154,12 +165,7 @@ def test_a_click_leads_to_a_push_and_a_bump_reaches_only_the_holder(
     delivery: Delivery, yoochoose_dir: Path
 ) -> None:
     d = delivery
-    warm = _warm(d.settings, yoochoose_dir)
-    deadline = time.monotonic() + 120
-    while _processed(d.worker_port) < len(warm) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    # A real first click whose successors the warm-up taught the model.
-    popular = max({e.content_id for e in warm}, key=[e.content_id for e in warm].count)
+    popular = _warm_worker(d, yoochoose_dir)
 
     async def scenario() -> None:
         async with aiohttp.ClientSession() as session:
@@ -252,11 +258,7 @@ def test_an_agent_is_served_from_its_cache_and_keeps_it_when_its_node_stops(
     delivery: Delivery, yoochoose_dir: Path
 ) -> None:
     d = delivery
-    warm = _warm(d.settings, yoochoose_dir)
-    deadline = time.monotonic() + 120
-    while _processed(d.worker_port) < len(warm) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    popular = max({e.content_id for e in warm}, key=[e.content_id for e in warm].count)
+    popular = _warm_worker(d, yoochoose_dir)
     client = "sdk-1"
     owner = d.owner(client)
     other = next(url for url in d.node_urls if url != owner)
