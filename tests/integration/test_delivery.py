@@ -121,7 +121,7 @@ def _warm_worker(d: Delivery, data: Path) -> str:
     while _processed(d.worker_port) < len(warm) and time.monotonic() < deadline:
         time.sleep(0.5)
     items = [e.content_id for e in warm]
-    return max(set(items), key=items.count)
+    return max(sorted(set(items)), key=items.count)
 
 
 def _processed(port: int) -> float:
