@@ -67,15 +67,19 @@ class Leaderboard:
         scores, top = self.scores, self._top
         score = scores[item] = scores.get(item, 0.0) + amount
         self.total += amount
-        if item in top:
+        if len(top) < self.leaders:
+            if item not in top:
+                top.append(item)
             p = top.index(item)
-        elif len(top) < self.leaders:
-            p = len(top)
-            top.append(item)
-        elif (-score, item) < (-scores[top[-1]], top[-1]):
-            p = len(top) - 1  # it displaces the last leader
         else:
-            return
+            if not top:
+                return
+            # A leader never ranks below the last one, so an item that still does is no leader
+            # and displaces none: most adds end here in O(1), without a scan of the leaders.
+            last = top[-1]
+            if score < scores[last] or (score == scores[last] and item > last):
+                return
+            p = len(top) - 1 if item == last or item not in top else top.index(item)
         # Move up past every leader that now ranks lower (a smaller score, or equal, larger id).
         while p > 0:
             ahead = top[p - 1]

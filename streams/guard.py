@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import pickle
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -76,7 +77,7 @@ class GuardDecision:
     """The guard's verdict on one event; a ``flagged`` client gets no prefetches."""
 
     client_id: str
-    score: float
+    score: float  # 0 when it could change nothing (see AbuseGuard), so was not computed
     flagged: bool
     newly_flagged: bool  # true on the one event that flagged the client: publish the alert
     reason: str  # why, in words; empty unless newly flagged
@@ -115,6 +116,11 @@ def features(state: ClientState) -> dict[str, float]:
         "stride": same / (len(steps) - 1) if len(steps) > 1 else 0.0,
         "events": float(state.events),
     }
+
+
+def _sampled(client_id: str, events: int, every: int) -> bool:
+    """One trusted window in ``every``, picked by a hash of the event (the same in any process)."""
+    return every <= 1 or zlib.crc32(f"{client_id}\x1f{events}".encode()) % every == 0
 
 
 def _clip(value: float) -> float:
@@ -171,8 +177,17 @@ class AbuseGuard:
     set of known content: an attack in progress is never learned as normal, and a scraper's
     made-up ids stay "never seen" for the next scraper too.
 
-    The trees score 0 until they have learned ``window_size`` client windows, so a new guard
-    flags nobody: warm it on past events, or restore a warm one with ``loads``.
+    The detector learns one trusted window in ``learn_every`` (picked by a hash of the client and
+    its request count, so the same in every process): consecutive windows of a client overlap
+    in all but one request, and the sample keeps the reference just as well (measured on
+    train_tr -> train_valid) at a third of the learning cost. The trees score 0 until they
+    have learned ``window_size`` windows (about ``window_size * learn_every`` trusted ones), so
+    a new guard flags nobody: warm it on past events, or restore a warm one with ``loads``.
+
+    Only scores that can change a decision are computed: not those of a flagged client (it
+    stays flagged), nor those of a client's first ``min_events - patience`` requests for known
+    items (a flag needs ``patience`` high scores in a row ending at or after ``min_events``,
+    and no early window is learned). Their decisions report a score of 0.
 
     Parameters
     ----------
@@ -186,6 +201,8 @@ class AbuseGuard:
         Requests kept per client.
     n_trees, height, window_size, seed
         The HalfSpaceTrees; ``window_size`` is counted in learned events.
+    learn_every
+        The detector learns one in this many trusted windows.
     """
 
     def __init__(
@@ -196,13 +213,17 @@ class AbuseGuard:
         window: int = 32,
         n_trees: int = 25,
         height: int = 10,
-        window_size: int = 1000,
+        window_size: int = 333,
         seed: int = 42,
+        learn_every: int = 3,
     ) -> None:
+        if patience < 1 or learn_every < 1:
+            raise ValueError("patience and learn_every must be at least 1")
         self.threshold = threshold
         self.min_events = min_events
         self.patience = patience
         self.window = window
+        self.learn_every = learn_every
         self.detector: Detector = anomaly.HalfSpaceTrees(
             n_trees=n_trees, height=height, window_size=window_size, seed=seed
         )
@@ -218,26 +239,31 @@ class AbuseGuard:
         For callers that keep each client's state elsewhere (a Faust table, as bytes).
         """
         k = self.window
-        fresh = content_id not in self.seen and content_id not in state.items
+        known = content_id in self.seen
+        fresh = not known and content_id not in state.items
         events = state.events + 1
-        current = ClientState(
-            events=events,
-            ts=(*state.ts, ts)[-k:],
-            items=(*state.items, content_id)[-k:],
-            fresh=(*state.fresh, fresh)[-k:],
+        window = (
+            (*state.ts, ts)[-k:],
+            (*state.items, content_id)[-k:],
+            (*state.fresh, fresh)[-k:],
         )
+        if state.flagged or (known and events <= self.min_events - self.patience):
+            # Scoring could change nothing here: a flagged client stays flagged, and a flag
+            # needs the last `patience` events at or above the threshold once past min_events,
+            # which these early events cannot be among (nor is the item new to `seen`).
+            new = ClientState(events, *window, flagged_at=state.flagged_at)
+            return new, GuardDecision(client_id, 0.0, new.flagged, False, "", ts, events)
+        current = ClientState(events, *window)
         raw = features(current)
         x = scale(raw)
         score = float(self.detector.score_one(x))
         suspect = score >= self.threshold
         streak = state.streak + 1 if suspect else 0
-        newly = not state.flagged and events >= self.min_events and streak >= self.patience
-        new = msgspec.structs.replace(
-            current, streak=streak, flagged_at=events if newly else state.flagged_at
-        )
-        if not new.flagged and not suspect:
+        newly = events >= self.min_events and streak >= self.patience
+        new = msgspec.structs.replace(current, streak=streak, flagged_at=events if newly else 0)
+        if not suspect:
             self.seen.add(content_id)
-            if events >= self.min_events:
+            if events >= self.min_events and _sampled(client_id, events, self.learn_every):
                 self.detector.learn_one(x)
                 for name, value in x.items():
                     self.normal.setdefault(name, stats.Var()).update(value)
@@ -291,6 +317,7 @@ class AbuseGuard:
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
+        state.setdefault("learn_every", 1)  # a guard pickled before sampling learned every window
         self.__dict__.update(state)
         self.seen = set(self.seen)
 

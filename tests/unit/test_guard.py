@@ -133,17 +133,74 @@ def test_pickled_guard_makes_the_same_decisions(warmed: bytes, train: list[Event
     assert replay(copy, events[1000:]) == replay(guard, events[1000:])
 
 
+def test_scores_that_could_change_nothing_are_skipped(warmed: bytes, train: list[Event]) -> None:
+    guard = loads(warmed)
+    known = [item for _, _, item in train[:40]]
+    start = train[-1][0]
+    walk = [(start + 0.3 * i, "bot-7", item) for i, item in enumerate(known)]
+    decisions = replay(guard, walk)
+    early = guard.min_events - guard.patience
+    assert all(d.score == 0.0 for d in decisions[:early])  # too early to count, items known
+    assert all(d.score > 0.0 for d in decisions[early : guard.min_events])
+    flagged = next(i for i, d in enumerate(decisions) if d.flagged)
+    assert decisions[flagged].score >= guard.threshold
+    assert all(d.flagged and d.score == 0.0 for d in decisions[flagged + 1 :])
+
+
+def test_an_early_request_for_a_new_item_is_still_scored(warmed: bytes, train: list[Event]) -> None:
+    guard = loads(warmed)
+    decision = guard.observe("newcomer", "never-requested-before", train[-1][0])
+    assert decision.events == 1 and decision.score > 0.0
+
+
+def test_the_detector_learns_one_in_learn_every_trusted_windows(train: list[Event]) -> None:
+    def learned(every: int) -> float:
+        guard = AbuseGuard(learn_every=every)
+        replay(guard, train[:WARM])
+        return guard.normal["rate"].n
+
+    everything, sampled = learned(1), learned(3)
+    assert everything > 1000
+    assert 0.28 < sampled / everything < 0.39
+
+
+def test_patience_and_learn_every_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        AbuseGuard(patience=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        AbuseGuard(learn_every=0)
+
+
+def test_a_guard_pickled_before_learn_every_existed_still_learns_every_window(
+    warmed: bytes, train: list[Event]
+) -> None:
+    old = loads(warmed)
+    del old.__dict__["learn_every"]  # as pickled by the guard that learned every window
+    guard = loads(dumps(old))
+    assert guard.learn_every == 1
+    before = guard.normal["rate"].n
+    decisions = replay(guard, train[WARM:])
+    trusted = [
+        d
+        for d in decisions
+        if d.events >= guard.min_events and not d.flagged and d.score < guard.threshold
+    ]
+    assert len(trusted) > 100
+    assert guard.normal["rate"].n - before == len(trusted)
+
+
 def test_loads_refuses_other_bytes() -> None:
     with pytest.raises(ValueError, match="not a guard"):
         loads(b"foresight-guard/1 river=0.0.1\n...")
 
 
 def test_same_events_same_scores_and_decisions(train: list[Event]) -> None:
-    # a small detector window, so that scores are live after a few hundred events
+    # a small detector window (34 learned, one in 3 trusted windows sampled), so that scores
+    # are live after a few hundred events
     events = sorted(train[:3000] + scraper("bot-5", train[2000][0], 214_500_000, 40))
 
     def run(seed: int) -> list[GuardDecision]:
-        return replay(AbuseGuard(window_size=100, seed=seed), events)
+        return replay(AbuseGuard(window_size=34, seed=seed), events)
 
     first = run(42)
     assert first == run(42)
