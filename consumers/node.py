@@ -85,6 +85,9 @@ class CacheNode:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._seen_max = seen_commands
         self._locks: dict[str, asyncio.Lock] = {}
+        # The newest version this node knows of each item: with the body in the BodyCache, a
+        # command for a known item costs no Cassandra read; content-updates (refresh) move it.
+        self._latest: dict[str, int] = {}
         self.push_times: list[tuple[float, float]] = []  # (event ts, pushed at), for latency
 
     async def ensure(
@@ -95,45 +98,60 @@ class CacheNode:
         One caller per item at a time goes further than memory; the others wait for it, so an
         item is fetched once however many commands ask for it.
         """
+        if not refresh:
+            known = self._in_memory(content_id)
+            if known is not None:
+                return known
         lock = self._locks.setdefault(content_id, asyncio.Lock())
         async with lock:
-            latest = await self.store.latest(content_id)
-            if latest is not None and not refresh:
-                cached = self.bodies.get(content_id, latest.version)
-                if cached is not None:
-                    return cached
-                stored = await self.store.version(content_id, latest.version)
-                if stored is not None:
-                    self.bodies.put(stored)
-                    return stored
-            fetched = await self.fetcher.fetch(
-                content_id, etag=latest.etag if latest else None, prefetch=prefetch
-            )
-            self.counters.fetches += 1
-            if fetched.status == 304 and latest is not None:
-                stored = await self.store.version(content_id, latest.version)
-                if stored is not None:
-                    self.bodies.put(stored)
-                    return stored
-                fetched = await self.fetcher.fetch(content_id, prefetch=prefetch)
-            version = fetched.version
-            if version is None:  # an origin without versions: count ETag changes
-                same = latest is not None and latest.etag == fetched.etag
-                version = (
-                    latest.version if same and latest else (latest.version + 1 if latest else 1)
-                )
-            item = StoredVersion(
-                content_id,
-                version,
-                fetched.digest,
-                fetched.etag,
-                fetched.content_type,
-                len(fetched.body),
-                fetched.body,
-            )
-            await self.store.put_version(item)
-            self.bodies.put(item)
-            return item
+            known = None if refresh else self._in_memory(content_id)
+            if known is None:  # else: fetched by the caller we waited for
+                known = await self._load_or_fetch(content_id, prefetch=prefetch, refresh=refresh)
+                self._latest[content_id] = known.version
+            return known
+
+    def _in_memory(self, content_id: str) -> StoredVersion | None:
+        version = self._latest.get(content_id)
+        return None if version is None else self.bodies.get(content_id, version)
+
+    async def _load_or_fetch(
+        self, content_id: str, *, prefetch: bool, refresh: bool
+    ) -> StoredVersion:
+        latest = await self.store.latest(content_id)
+        if latest is not None and not refresh:
+            cached = self.bodies.get(content_id, latest.version)
+            if cached is not None:
+                return cached
+            stored = await self.store.version(content_id, latest.version)
+            if stored is not None:
+                self.bodies.put(stored)
+                return stored
+        fetched = await self.fetcher.fetch(
+            content_id, etag=latest.etag if latest else None, prefetch=prefetch
+        )
+        self.counters.fetches += 1
+        if fetched.status == 304 and latest is not None:
+            stored = await self.store.version(content_id, latest.version)
+            if stored is not None:
+                self.bodies.put(stored)
+                return stored
+            fetched = await self.fetcher.fetch(content_id, prefetch=prefetch)
+        version = fetched.version
+        if version is None:  # an origin without versions: count ETag changes
+            same = latest is not None and latest.etag == fetched.etag
+            version = latest.version if same and latest else (latest.version + 1 if latest else 1)
+        item = StoredVersion(
+            content_id,
+            version,
+            fetched.digest,
+            fetched.etag,
+            fetched.content_type,
+            len(fetched.body),
+            fetched.body,
+        )
+        await self.store.put_version(item)
+        self.bodies.put(item)
+        return item
 
     def _first_time(self, command_id: str) -> bool:
         if command_id in self._seen:

@@ -188,20 +188,26 @@ class NodeProcess:
         try:
             while not self._stop.is_set():
                 batch = await asyncio.to_thread(consumer.consume, 200, 0.2)
+                # A batch's commands run concurrently (each waits on Cassandra and maybe the
+                # origin); offsets are stored only once all of them are done.
+                await asyncio.gather(*(self._command(topic, msg) for msg in batch))
                 for msg in batch:
-                    if msg.error() is not None:
-                        continue
-                    try:
-                        command = decode(PrefetchCommand, msg.value() or b"")
-                    except InvalidRecord as exc:
-                        self.dead_letter(topic, msg, exc.reason)
-                        COMMANDS.labels("invalid").inc()
-                    else:
-                        outcome = await self.node.on_command(command, time.time())
-                        COMMANDS.labels(outcome).inc()
-                    consumer.store_offsets(msg)  # only once the store and push are done
+                    if msg.error() is None:
+                        consumer.store_offsets(msg)
         finally:
             await asyncio.to_thread(consumer.close)
+
+    async def _command(self, topic: str, msg: Any) -> None:
+        if msg.error() is not None:
+            return
+        try:
+            command = decode(PrefetchCommand, msg.value() or b"")
+        except InvalidRecord as exc:
+            self.dead_letter(topic, msg, exc.reason)
+            COMMANDS.labels("invalid").inc()
+            return
+        outcome = await self.node.on_command(command, time.time())
+        COMMANDS.labels(outcome).inc()
 
     async def consume_updates(self) -> None:
         topic = self.settings.topic_content_updates
