@@ -151,15 +151,22 @@ async def _run_rate(
     await asyncio.sleep(5.0)  # the last pushes arrive
     stop.set()
     await asyncio.gather(*agents, return_exceptions=True)
+    # When each command reached Kafka (its CreateTime), to split the latency in two.
+    commanded = await asyncio.to_thread(_command_times, settings)
     by_client: dict[str, list[tuple[Interaction, float]]] = {}
     for event, at in published:
         by_client.setdefault(event.client_id, []).append((event, at))
     latencies: list[float] = []
+    worker_ms: list[float] = []
+    node_ms: list[float] = []
     for client, cid, item, received in pushes:
         for event, at in reversed(by_client.get(client, [])):
             # The worker's command id is sha256(client, item, event id): find the click.
             if at <= received and command_id(client, item, event.event_id) == cid:
                 latencies.append((received - at) * 1000)
+                if cid in commanded:
+                    worker_ms.append((commanded[cid] - at) * 1000)
+                    node_ms.append((received - commanded[cid]) * 1000)
                 break
     return {
         "rate": rate,
@@ -172,7 +179,38 @@ async def _run_rate(
             "p99": round(_percentile(latencies, 0.99), 2) if latencies else None,
             "mean": round(statistics.fmean(latencies), 2) if latencies else None,
         },
+        "click_to_command_ms_p50": round(_percentile(worker_ms, 0.5), 2) if worker_ms else None,
+        "command_to_push_ms_p50": round(_percentile(node_ms, 0.5), 2) if node_ms else None,
     }
+
+
+def _command_times(settings: Settings) -> dict[str, float]:
+    """command id -> the time the worker's command reached Kafka (CreateTime, seconds)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"bench-probe-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([settings.topic_prefetch_commands])
+    times: dict[str, float] = {}
+    idle = time.monotonic()
+    try:
+        while time.monotonic() - idle < 3.0:
+            batch = consumer.consume(1000, timeout=0.5)
+            for msg in batch:
+                value = msg.value()
+                if msg.error() is None and value is not None:
+                    times[json.loads(value)["command_id"]] = msg.timestamp()[1] / 1000.0
+            if batch:
+                idle = time.monotonic()
+    finally:
+        consumer.close()
+    return times
 
 
 async def _cassandra_writes(settings: Settings, ops: int) -> float:

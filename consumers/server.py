@@ -187,7 +187,9 @@ class NodeProcess:
         consumer.assign([TopicPartition(topic, self.config.slot)])
         try:
             while not self._stop.is_set():
-                batch = await asyncio.to_thread(consumer.consume, 200, 0.2)
+                # consume() waits for the whole batch or the timeout: keep the timeout short, it
+                # is part of every command's latency.
+                batch = await asyncio.to_thread(consumer.consume, 500, 0.01)
                 # A batch's commands run concurrently (each waits on Cassandra and maybe the
                 # origin); offsets are stored only once all of them are done.
                 await asyncio.gather(*(self._command(topic, msg) for msg in batch))
