@@ -51,17 +51,10 @@ def _free_port() -> int:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if name == "agent_token_secrets":
-            value = [SECRET]
-        if value is None:
-            continue
-        env[f"FORESIGHT_{name.upper()}"] = (
-            json.dumps(value) if isinstance(value, dict | list) else str(value)
-        )
-    return env
+    return (
+        dict(os.environ)
+        | settings.model_copy(update={"agent_token_secrets": [SECRET]}).as_environment()
+    )
 
 
 def _wait(url: str, timeout: float = 120.0) -> None:

@@ -125,14 +125,7 @@ def through_worker(base: Settings, events: list[Interaction]) -> float:
         )
         create_topics(settings)
         migrate(settings)
-        env = dict(os.environ)
-        for name in type(settings).model_fields:
-            value = getattr(settings, name)
-            if value is None or name == "agent_token_secrets":
-                continue
-            env[f"FORESIGHT_{name.upper()}"] = (
-                json.dumps(value) if isinstance(value, dict | list) else str(value)
-            )
+        env = dict(os.environ) | settings.as_environment()
         with InteractionPublisher(settings) as publisher:
             publisher.publish_batch(events)  # already waiting when the worker starts
         worker = subprocess.Popen(

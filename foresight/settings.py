@@ -7,6 +7,7 @@ environment. Each field is set by the environment variable named in its descript
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -295,6 +296,21 @@ class Settings(BaseSettings):
         ):
             raise ValueError("NetworkTopologyStrategy needs FORESIGHT_CASSANDRA_DATACENTERS")
         return self
+
+    def as_environment(self) -> dict[str, str]:
+        """FORESIGHT_* variables that give a child process exactly these settings (secrets
+        included: pass the result only to processes of our own)."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                value = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
+            elif isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is not None:
+                text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+                env[f"FORESIGHT_{name.upper()}"] = text
+        return env
 
     # --- Derived values ----------------------------------------------------------------------
     @property

@@ -8,7 +8,6 @@ Each test gets its own topics and keyspace, so tests never see each other's reco
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import uuid
@@ -16,7 +15,6 @@ from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from pydantic import SecretStr
 
 from foresight.settings import Settings
 from foresight.topics import admin_client, create_topics
@@ -66,20 +64,9 @@ def settings(base_settings: Settings) -> Settings:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child process exactly these settings."""
-    env = dict(os.environ)
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if isinstance(value, list):
-            value = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        if value is None:
-            env.pop(f"FORESIGHT_{name.upper()}", None)
-            continue
-        text = json.dumps(value) if isinstance(value, dict | list) else str(value)
-        env[f"FORESIGHT_{name.upper()}"] = text
-    return env
+    """This process's environment with exactly these settings, for a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORESIGHT_")}
+    return env | settings.as_environment()
 
 
 def free_port() -> int:

@@ -69,3 +69,23 @@ def test_every_topic_has_a_dead_letter_topic_for_its_inputs() -> None:
     topics = Settings().topic_partitions()
     for source in ("interactions", "feedback", "prefetch-commands", "content-updates"):
         assert f"{source}-dlq" in topics
+
+
+def test_as_environment_gives_a_child_process_the_same_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("FORESIGHT_"):
+            monkeypatch.delenv(name)
+    original = Settings(
+        kafka_bootstrap_servers="k:19092",
+        origin_allowed_hosts=["a.example", "b.example"],
+        cassandra_datacenters={"dc1": 3},
+        agent_token_secrets=["s" * 40],
+        state_dir=tmp_path,
+    )
+    for name, value in original.as_environment().items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    assert child.model_dump() == original.model_dump()
+    assert [s.get_secret_value() for s in child.agent_token_secrets] == ["s" * 40]
