@@ -235,19 +235,8 @@ def main() -> None:
     base = Settings()
     with tempfile.TemporaryDirectory() as state:
         origin_port, node_port, worker_port = _free_port(), _free_port(), _free_port()
-        settings = base.model_copy(
+        settings = base.with_topic_prefix(f"e2e-{tag}").model_copy(
             update={
-                **{
-                    f"topic_{t}": f"e2e-{tag}-{t}"
-                    for t in (
-                        "interactions",
-                        "prefetch_commands",
-                        "feedback",
-                        "content_updates",
-                        "ring_membership",
-                        "security_alerts",
-                    )
-                },
                 "cassandra_keyspace": f"e2e_{tag}",
                 "worker_group": f"e2e-{tag}",
                 "worker_web_port": worker_port,

@@ -110,14 +110,8 @@ def through_worker(base: Settings, events: list[Interaction]) -> float:
     """Events/s through a real worker process, from first to last processed event."""
     tag = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as state:
-        settings = base.model_copy(
+        settings = base.with_topic_prefix(f"bench-{tag}").model_copy(
             update={
-                "topic_interactions": f"bench-{tag}-interactions",
-                "topic_feedback": f"bench-{tag}-feedback",
-                "topic_prefetch_commands": f"bench-{tag}-prefetch-commands",
-                "topic_ring_membership": f"bench-{tag}-ring",
-                "topic_security_alerts": f"bench-{tag}-alerts",
-                "topic_content_updates": f"bench-{tag}-updates",
                 "worker_group": f"bench-{tag}",
                 "worker_web_port": _free_port(),
                 "state_dir": Path(state),
@@ -162,16 +156,7 @@ def through_worker(base: Settings, events: list[Interaction]) -> float:
 def plain_loop(base: Settings, events: list[Interaction]) -> float:
     """Events/s through consume -> produce with confluent-kafka, no processing."""
     tag = uuid.uuid4().hex[:8]
-    settings = base.model_copy(
-        update={
-            "topic_interactions": f"bench-{tag}-in",
-            "topic_prefetch_commands": f"bench-{tag}-out",
-            "topic_feedback": f"bench-{tag}-fb",
-            "topic_ring_membership": f"bench-{tag}-ring",
-            "topic_security_alerts": f"bench-{tag}-alerts",
-            "topic_content_updates": f"bench-{tag}-updates",
-        }
-    )
+    settings = base.with_topic_prefix(f"bench-{tag}")
     create_topics(settings)
     with InteractionPublisher(settings) as publisher:
         publisher.publish_batch(events)

@@ -297,6 +297,21 @@ class Settings(BaseSettings):
             raise ValueError("NetworkTopologyStrategy needs FORESIGHT_CASSANDRA_DATACENTERS")
         return self
 
+    def with_topic_prefix(self, prefix: str) -> Settings:
+        """These settings with every topic renamed ``{prefix}-{topic}``: topics of one's own,
+        for a test or a benchmark on a shared broker."""
+        names = (
+            "interactions",
+            "prefetch_commands",
+            "feedback",
+            "content_updates",
+            "ring_membership",
+            "security_alerts",
+        )
+        return self.model_copy(
+            update={f"topic_{n}": f"{prefix}-{getattr(self, f'topic_{n}')}" for n in names}
+        )
+
     def as_environment(self) -> dict[str, str]:
         """FORESIGHT_* variables that give a child process exactly these settings (secrets
         included: pass the result only to processes of our own)."""

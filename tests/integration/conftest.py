@@ -48,16 +48,8 @@ def base_settings() -> Iterator[Settings]:
 def settings(base_settings: Settings) -> Settings:
     """Settings with topic names and a keyspace of this test's own, topics created."""
     tag = uuid.uuid4().hex[:10]
-    mine = base_settings.model_copy(
-        update={
-            "topic_interactions": f"t{tag}-interactions",
-            "topic_prefetch_commands": f"t{tag}-prefetch-commands",
-            "topic_feedback": f"t{tag}-feedback",
-            "topic_content_updates": f"t{tag}-content-updates",
-            "topic_ring_membership": f"t{tag}-ring-membership",
-            "topic_security_alerts": f"t{tag}-security-alerts",
-            "cassandra_keyspace": f"t{tag}",
-        }
+    mine = base_settings.with_topic_prefix(f"t{tag}").model_copy(
+        update={"cassandra_keyspace": f"t{tag}"}
     )
     create_topics(mine)
     return mine

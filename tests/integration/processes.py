@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from foresight.settings import Settings
+
+from .conftest import free_port
+
 # Start-up of a process: Faust's group join and recovery, Cassandra sessions, the ring
 # catch-up; 90 s covers a cold, loaded two-core machine.
 START_TIMEOUT_S = 90.0
@@ -33,6 +37,25 @@ def wait_http(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.5)
     pytest.fail(
         f"{url} did not answer in {START_TIMEOUT_S} s:\n" + log.read_text(errors="replace")[-3000:]
+    )
+
+
+def delivery_settings(settings: Settings, state_dir: Path, secret: str) -> Settings:
+    """Settings for an origin, cache nodes and a worker of one test: free ports, its own
+    worker group and state folder, an instant origin, and the agents' token secret."""
+    origin_port = free_port()
+    return settings.model_copy(
+        update={
+            "worker_group": f"w-{settings.cassandra_keyspace}",
+            "worker_web_port": free_port(),
+            "origin_port": origin_port,
+            "origin_latency_ms": 0.0,
+            "origin_url_template": f"http://127.0.0.1:{origin_port}/content/{{content_id}}",
+            "cache_node_base_port": free_port(),
+            "state_dir": state_dir,
+            "agent_token_secrets": [secret],
+            "snapshot_interval_s": 3600.0,
+        }
     )
 
 

@@ -15,7 +15,6 @@ Chromium is driven with playwright-python, which never downloads a browser here:
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import urllib.request
 import uuid
@@ -35,8 +34,8 @@ from producers.datasets import read_yoochoose
 from producers.publisher import InteractionPublisher
 from schemas import Feedback, Interaction, decode
 
-from .conftest import free_port, settings_env
-from .processes import foresight_processes
+from .conftest import settings_env
+from .processes import delivery_settings, foresight_processes
 
 SECRET = "integration-secret-0123456789abcdef-0123456789"
 CLIENT = "browser-1"
@@ -79,23 +78,11 @@ class Delivery:
 
 @pytest.fixture
 def delivery(settings: Settings, tmp_path: Path) -> Iterator[Delivery]:
-    origin_port, node_port, worker_port = free_port(), free_port(), free_port()
-    mine = settings.model_copy(
-        update={
-            "worker_group": f"w-{settings.cassandra_keyspace}",
-            "worker_web_port": worker_port,
-            "origin_port": origin_port,
-            "origin_latency_ms": 0.0,
-            "origin_url_template": f"http://127.0.0.1:{origin_port}/content/{{content_id}}",
-            "cache_node_base_port": node_port,
-            "state_dir": tmp_path / "state",
-            "agent_token_secrets": [SECRET],
-            "snapshot_interval_s": 3600.0,
-        }
-    )
+    mine = delivery_settings(settings, tmp_path / "state", SECRET)
+    origin_port, node_port = mine.origin_port, mine.cache_node_base_port
+    worker_port = mine.worker_web_port
     migrate(mine)
     env = settings_env(mine)
-    env["FORESIGHT_AGENT_TOKEN_SECRETS"] = json.dumps([SECRET])
     commands = {
         "origin": ["origin"],
         "node": ["cache-node", "--node-id", "0"],
