@@ -81,6 +81,33 @@ def _wait_processed(port: int, count: int, timeout: float = 600.0) -> None:
     raise TimeoutError("the worker did not finish the warm-up")
 
 
+def _worker_totals(port: int) -> dict[str, float]:
+    """The worker's consume-lag and step histograms' sums and counts, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        line.split()[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(("foresight_worker_consume_lag_seconds_", "foresight_worker_step_"))
+    }
+
+
+def _worker_view(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The worker's own view of a run: mean ms from a click's Kafka timestamp to the worker
+    starting on it, and mean ms of its engine step."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    count = delta("foresight_worker_consume_lag_seconds_count") or 1.0
+    return {
+        "worker_consume_lag_ms_mean": round(
+            delta("foresight_worker_consume_lag_seconds_sum") / count * 1000, 2
+        ),
+        "worker_step_ms_mean": round(delta("foresight_worker_step_seconds_sum") / count * 1000, 3),
+    }
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -279,14 +306,12 @@ def main() -> None:
             for event in test:
                 by_session.setdefault(event.client_id, []).append(event)
             sessions = sorted(by_session.values(), key=len, reverse=True)[: args.agents]
-            runs = [
-                asyncio.run(
-                    _run_rate(
-                        settings, f"http://127.0.0.1:{node_port}", rate, args.seconds, sessions
-                    )
-                )
-                for rate in (200, 2000)
-            ]
+            runs = []
+            for rate in (200, 2000):
+                before = _worker_totals(worker_port)
+                node_url = f"http://127.0.0.1:{node_port}"
+                run = asyncio.run(_run_rate(settings, node_url, rate, args.seconds, sessions))
+                runs.append(run | _worker_view(before, _worker_totals(worker_port)))
             writes = asyncio.run(_cassandra_writes(settings, 20_000))
         finally:
             for proc in procs:

@@ -14,9 +14,12 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from consumers.fetcher import Fetcher, FetchFailed, FetchRefused
+from consumers.metrics import CLICK_TO_PUSH_SECONDS, FETCH_SECONDS, PUSHES
 from consumers.sessions import AgentSession, SessionRegistry
 from consumers.store import ContentStore, StoredVersion
 from schemas import ContentUpdate, PrefetchCommand
@@ -37,6 +40,7 @@ class NodeCounters:
     already_held: int = 0
     pending: int = 0
     updates: int = 0
+    store_failures: int = 0
 
 
 class BodyCache:
@@ -89,6 +93,7 @@ class CacheNode:
         # command for a known item costs no Cassandra read; content-updates (refresh) move it.
         self._latest: dict[str, int] = {}
         self.push_times: list[tuple[float, float]] = []  # (event ts, pushed at), for latency
+        self._writes: set[asyncio.Task[None]] = set()
 
     async def ensure(
         self, content_id: str, *, prefetch: bool = True, refresh: bool = False
@@ -126,8 +131,12 @@ class CacheNode:
             if stored is not None:
                 self.bodies.put(stored)
                 return stored
+        started = time.perf_counter()
         fetched = await self.fetcher.fetch(
             content_id, etag=latest.etag if latest else None, prefetch=prefetch
+        )
+        FETCH_SECONDS.labels("prefetch" if prefetch else "request").observe(
+            time.perf_counter() - started
         )
         self.counters.fetches += 1
         if fetched.status == 304 and latest is not None:
@@ -149,9 +158,27 @@ class CacheNode:
             len(fetched.body),
             fetched.body,
         )
-        await self.store.put_version(item)
         self.bodies.put(item)
+        # Pushing does not wait for Cassandra: the body is in memory, and the write (tracked,
+        # awaited at shutdown by drain()) lands while the push is on its way.
+        self._background(self.store.put_version(item), f"put_version {content_id}")
         return item
+
+    def _background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        task = asyncio.create_task(work, name=what)
+        self._writes.add(task)
+        task.add_done_callback(self._write_done)
+
+    def _write_done(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.counters.store_failures += 1
+            log.warning("%s failed: %r", task.get_name(), task.exception())
+
+    async def drain(self) -> None:
+        """Wait for the writes still on their way to Cassandra."""
+        while self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
 
     def _first_time(self, command_id: str) -> bool:
         if command_id in self._seen:
@@ -243,7 +270,9 @@ class CacheNode:
             return False
         session.holdings[item.content_id] = item.version
         self.counters.pushes += 1
+        PUSHES.labels("update" if previous_version is not None else "push").inc()
         if command is not None and command.event_ts is not None:
+            CLICK_TO_PUSH_SECONDS.observe(max(0.0, now - command.event_ts))
             self.push_times.append((command.event_ts, now))
             del self.push_times[:-10_000]
         return True

@@ -22,9 +22,10 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 from confluent_kafka import Consumer, Producer, TopicPartition
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumers.fetcher import Fetcher, FetcherConfig, FetchFailed, FetchRefused
+from consumers.metrics import AGENTS, COMMANDS, QUEUED, REQUESTS, RING_MEMBERS
 from consumers.node import CacheNode
 from consumers.sessions import AgentSession, SessionRegistry
 from consumers.static import add_agent_routes
@@ -62,10 +63,6 @@ from schemas.records import MemberState
 
 log = logging.getLogger(__name__)
 
-REQUESTS = Counter("foresight_node_content_requests_total", "GET /v1/content", ["outcome"])
-COMMANDS = Counter("foresight_node_commands_total", "Prefetch commands handled", ["outcome"])
-AGENTS = Gauge("foresight_node_agents", "Connected agents")
-QUEUED = Gauge("foresight_node_outbox_frames", "Frames waiting in agents' outboxes")
 HELLO_TIMEOUT_S = 10.0
 HEARTBEAT_S = 3.0
 
@@ -240,6 +237,7 @@ class NodeProcess:
         while not self._stop.is_set():
             self.announce("up")
             AGENTS.set(len(self.sessions))
+            RING_MEMBERS.set(len(self.ring.ring().members))
             QUEUED.set(sum(s.queued for s in self.sessions.all()))
             await asyncio.sleep(HEARTBEAT_S)
 
@@ -290,6 +288,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     process._stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await process.node.drain()
     for agent in process.sessions.all():
         await process.sessions.remove(agent)
     await http.close()

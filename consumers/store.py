@@ -8,12 +8,16 @@ bound inside the driver.
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from cassandra.cluster import Session
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
+from consumers.metrics import CASSANDRA_ERRORS, CASSANDRA_SECONDS
 from foresight.cassandra import execute
 
 
@@ -97,9 +101,28 @@ class ContentStore:
             f"DELETE FROM {ks}.pending_pushes WHERE client_id = ? AND content_id = ?"
         )
 
-    async def _run(self, statement: Any, params: tuple[Any, ...]) -> Any:
+    async def _run(self, statement: Any, params: tuple[Any, ...], name: str = "") -> Any:
+        name = name or _statement_name(statement)
         async with self._limit:
-            return await execute(self._session, statement, params)
+            started = time.perf_counter()
+            try:
+                return await execute(self._session, statement, params)
+            except Exception:
+                CASSANDRA_ERRORS.labels(name).inc()
+                raise
+            finally:
+                CASSANDRA_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+    async def _run_together(
+        self, name: str, *writes: tuple[PreparedStatement, tuple[Any, ...]]
+    ) -> None:
+        """Writes to different tables in one request: an UNLOGGED batch, so one round trip
+        (and one driver callback) instead of one per table. Each write is idempotent, so a
+        batch applied in part and retried ends the same."""
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for statement, params in writes:
+            batch.add(statement, params)
+        await self._run(batch, (), name)
 
     async def latest(self, content_id: str) -> StoredVersion | None:
         row = _first(await self._run(self._get_latest, (content_id,)))
@@ -127,46 +150,26 @@ class ContentStore:
         """Store a fetched version and make it the latest (both writes are idempotent)."""
         assert item.body is not None
         now = _now()
-        await asyncio.gather(
-            self._run(
-                self._put_version,
-                (
-                    item.content_id,
-                    item.version,
-                    item.digest,
-                    item.etag,
-                    item.content_type,
-                    item.size,
-                    now,
-                    item.body,
-                ),
-            ),
-            self._run(
-                self._put_latest,
-                (
-                    item.content_id,
-                    item.version,
-                    item.digest,
-                    item.etag,
-                    item.content_type,
-                    item.size,
-                    now,
-                ),
-            ),
+        meta = (item.content_id, item.version, item.digest, item.etag, item.content_type)
+        await self._run_together(
+            "put_version",
+            (self._put_version, (*meta, item.size, now, item.body)),
+            (self._put_latest, (*meta, item.size, now)),
         )
 
     async def record_holding(self, client_id: str, item: StoredVersion) -> None:
-        await asyncio.gather(
-            self._run(
-                self._put_holding, (client_id, item.content_id, item.version, item.digest, _now())
-            ),
-            self._run(self._put_holder, (item.content_id, client_id, item.version)),
+        """The agent holds the item: both indexes (by client and by content) in one request."""
+        await self._run_together(
+            "record_holding",
+            (self._put_holding, (client_id, item.content_id, item.version, item.digest, _now())),
+            (self._put_holder, (item.content_id, client_id, item.version)),
         )
 
     async def drop_holding(self, client_id: str, content_id: str) -> None:
-        await asyncio.gather(
-            self._run(self._del_holding, (client_id, content_id)),
-            self._run(self._del_holder, (content_id, client_id)),
+        await self._run_together(
+            "drop_holding",
+            (self._del_holding, (client_id, content_id)),
+            (self._del_holder, (content_id, client_id)),
         )
 
     async def holdings(self, client_id: str) -> dict[str, tuple[int, str]]:
@@ -192,3 +195,24 @@ class ContentStore:
 
     async def clear_pending(self, client_id: str, content_id: str) -> None:
         await self._run(self._del_pending, (client_id, content_id))
+
+
+def _statement_name(statement: Any) -> str:
+    """A short label for a statement: its verb and table ("select content_latest")."""
+    return _name_of_query(getattr(statement, "query_string", ""))
+
+
+@functools.cache
+def _name_of_query(query: str) -> str:
+    words = query.split()
+    if not words:
+        return "other"
+    verb = words[0].lower()
+    marker = {"insert": "into", "delete": "from", "select": "from", "update": ""}.get(verb)
+    if marker is None:
+        return verb
+    if not marker:
+        return f"update {words[1].rsplit('.', 1)[-1]}"
+    lowered = [w.lower() for w in words]
+    table = words[lowered.index(marker) + 1] if marker in lowered else "?"
+    return f"{verb} {table.rsplit('.', 1)[-1]}"

@@ -223,6 +223,14 @@ class Settings(BaseSettings):
         description="Web and /metrics port of worker 0; worker N listens on base + N "
         "(FORESIGHT_WORKER_WEB_PORT).",
     )
+    worker_fetch_max_wait_ms: int = Field(
+        10,
+        ge=0,
+        le=10_000,
+        description="Longest the worker's Kafka fetch waits at the broker for new records; "
+        "Faust's own 1500 ms adds up to that to a click's way to its prefetch "
+        "(FORESIGHT_WORKER_FETCH_MAX_WAIT_MS).",
+    )
     worker_group: str = Field(
         "foresight-worker",
         pattern=r"^[a-z][a-z0-9-]{0,63}$",

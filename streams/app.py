@@ -30,6 +30,7 @@ from streams.guard import dumps as guard_dumps
 from streams.guard import loads as guard_loads
 from streams.predictor import Foresight, dumps_global_state, loads_global_state
 from streams.snapshots import SnapshotStore
+from streams.transport import App
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def create_app(settings: Settings) -> faust.App:
     """The worker app for ``settings``; agents, tables and pages are registered on it."""
     datadir = settings.state_dir / f"worker-{settings.worker_id}"
     datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
-    app = faust.App(
+    app = App(
         settings.worker_group,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store="memory://",
@@ -124,6 +125,7 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         producer_partitioner=None,
     )
+    app.fetch_max_wait_ms = settings.worker_fetch_max_wait_ms  # before the transport is made
     runtime = Runtime(settings)
     app.foresight_runtime = runtime  # type: ignore[attr-defined]
 
@@ -177,6 +179,7 @@ def create_app(settings: Settings) -> faust.App:
         await runtime.ready.wait()
         async for event in stream.events():
             message = event.message
+            metrics.CONSUME_LAG.observe(max(0.0, time.time() - message.timestamp))
             try:
                 interaction = decode(Interaction, message.value or b"")
             except InvalidRecord as exc:

@@ -35,3 +35,8 @@ STEP_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
 RING_MEMBERS = Gauge("foresight_ring_members", "Live cache nodes in the worker's ring")
+CONSUME_LAG = Histogram(
+    "foresight_worker_consume_lag_seconds",
+    "From an interaction's Kafka timestamp to the worker starting on it",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)

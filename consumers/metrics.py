@@ -1,0 +1,34 @@
+"""The cache node's Prometheus metrics: what it handles, and how long each part takes."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+REQUESTS = Counter("foresight_node_content_requests_total", "GET /v1/content", ["outcome"])
+COMMANDS = Counter("foresight_node_commands_total", "Prefetch commands handled", ["outcome"])
+AGENTS = Gauge("foresight_node_agents", "Connected agents")
+QUEUED = Gauge("foresight_node_outbox_frames", "Frames waiting in agents' outboxes")
+RING_MEMBERS = Gauge("foresight_node_ring_members", "Live cache nodes in this node's ring")
+FETCH_SECONDS = Histogram(
+    "foresight_node_fetch_seconds",
+    "Origin fetches, from request to body",
+    ["purpose"],
+    buckets=_LATENCY_BUCKETS,
+)
+CASSANDRA_SECONDS = Histogram(
+    "foresight_node_cassandra_seconds",
+    "Cassandra requests of the node's store, by statement",
+    ["statement"],
+    buckets=_LATENCY_BUCKETS,
+)
+CASSANDRA_ERRORS = Counter(
+    "foresight_node_cassandra_errors_total", "Failed Cassandra requests", ["statement"]
+)
+CLICK_TO_PUSH_SECONDS = Histogram(
+    "foresight_node_click_to_push_seconds",
+    "From the click behind a prefetch command (its event time) to the push leaving the node",
+    buckets=_LATENCY_BUCKETS,
+)
+PUSHES = Counter("foresight_node_pushes_total", "Frames offered to agents", ["kind"])
