@@ -242,9 +242,13 @@ async def _until(condition: Callable[[], bool], wait_s: float) -> None:
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.parametrize("stop", ["terminate", "kill"])
 def test_an_agent_is_served_from_its_cache_and_keeps_it_when_its_node_stops(
-    delivery: Delivery, yoochoose_dir: Path
+    delivery: Delivery, yoochoose_dir: Path, stop: str
 ) -> None:
+    """SIGTERM: the node leaves the ring and redirects its agents at once. kill -9: nothing
+    is said; the agent's socket dies, and the other node takes the client once the dead
+    node's heartbeats stop (FORESIGHT_RING_HEARTBEAT_TIMEOUT_S)."""
     d = delivery
     popular = _warm_worker(d, yoochoose_dir)
     client = "sdk-1"
@@ -273,12 +277,16 @@ def test_an_agent_is_served_from_its_cache_and_keeps_it_when_its_node_stops(
             assert first.from_cache and first.version == held[0].version
             # The owner stops: the agent moves to the other node and keeps what it holds.
             name = "node-0" if owner == d.node_urls[0] else "node-1"
-            d.processes[name].terminate()
+            getattr(d.processes[name], stop)()
             await asyncio.to_thread(d.processes[name].wait, 60)
-            await _until(lambda: agent.owner_url == other, PUSH_TIMEOUT_S)
+            moved_within = PUSH_TIMEOUT_S + d.settings.ring_heartbeat_timeout_s
+            await _until(lambda: agent.owner_url == other and agent.connected, moved_within)
             assert agent.owner_url == other
             again = await agent.get(item)
             assert again.from_cache and again.body == first.body
+            # What it does not hold now comes from the new owner.
+            fetched = await agent.get(f"not-pushed-{stop}")
+            assert not fetched.from_cache and fetched.body
             assert agent.stats.duplicate_pushes == 0
 
     asyncio.run(scenario())
