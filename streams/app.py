@@ -24,11 +24,10 @@ from foresight.membership import MembershipWatcher
 from foresight.settings import Settings
 from schemas import DeadLetter, Feedback, Interaction, InvalidRecord, decode, encode
 from streams import metrics
-from streams.engine import ClientRecord, Engine, EngineConfig, dumps_record, loads_record
-from streams.guard import AbuseGuard
+from streams.engine import ClientRecord, dumps_record, engine_for, loads_record
 from streams.guard import dumps as guard_dumps
 from streams.guard import loads as guard_loads
-from streams.predictor import Foresight, dumps_global_state, loads_global_state
+from streams.predictor import dumps_global_state, loads_global_state
 from streams.snapshots import SnapshotStore
 from streams.transport import App
 
@@ -41,13 +40,10 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.predictor = Foresight()
-        self.guard = AbuseGuard()
-        self.engine = Engine(
-            self.predictor,
-            EngineConfig(top_k=settings.top_k, command_ttl_s=settings.prefetch_ttl_s),
-            guard=self.guard,
-        )
+        self.engine = engine_for(settings)
+        self.predictor = self.engine.predictor
+        assert self.engine.guard is not None
+        self.guard = self.engine.guard
         self.ring = MembershipWatcher(settings)
         self.applied: dict[int, int] = {}  # interactions partition -> last offset applied
         self.snapshot_events = -1  # events in the global signals at the last snapshot

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from foresight.ring import EmptyRingError, HashRing
+from foresight.settings import Settings
 from schemas import Feedback, Interaction, PrefetchCommand, SecurityAlert
 from streams.guard import AbuseGuard
 from streams.guard import ClientState as GuardState
@@ -212,3 +213,10 @@ class Engine:
         if feedback.outcome in ("unused", "expired"):
             prefetched.pop(feedback.content_id, None)
         return msgspec.structs.replace(record, threshold_offset=state.offset, prefetched=prefetched)
+
+
+def engine_for(settings: Settings) -> Engine:
+    """A fresh engine as the worker makes it: the one place its parts and settings meet, so
+    the offline simulation (streams.simulate) runs exactly the worker's step."""
+    config = EngineConfig(top_k=settings.top_k, command_ttl_s=settings.prefetch_ttl_s)
+    return Engine(Foresight(), config, guard=AbuseGuard())

@@ -1,0 +1,126 @@
+"""The offline prefetch-loop simulation: cache hits, pushes, waste, and repeatable numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas import Feedback
+from streams.engine import ClientRecord, Engine
+from streams.planner import THRESHOLDS
+from streams.simulate import content_size, simulate, sweep
+
+HEADER = "SessionId\tItemId\tTime\n"
+OFF = 0.99  # the planner's ceiling: no calibrated probability here reaches it
+ON = 0.0  # the planner's floor (0.01) applies: nearly every prediction is pushed
+
+
+def write(path: Path, rows: list[tuple[str, str, float]]) -> Path:
+    path.write_text(HEADER + "".join(f"{s}\t{i}\t{t}\n" for s, i, t in rows))
+    return path
+
+
+def chain_sessions(first: int, count: int, start: float) -> list[tuple[str, str, float]]:
+    """``count`` sessions each clicking a -> b -> c, ten seconds apart, one an hour."""
+    return [
+        (str(first + n), item, start + 3600.0 * n + 10.0 * i)
+        for n in range(count)
+        for i, item in enumerate(("p/a", "p/b", "p/c"))
+    ]
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> tuple[Path, Path]:
+    train = write(tmp_path / "train.tsv", chain_sessions(1, 60, 0.0))
+    stray = [("2000", "p/a", 2e6)]  # a session that stops after a: what it is sent is wasted
+    test = write(tmp_path / "test.tsv", chain_sessions(1000, 5, 1e6) + stray)
+    return train, test
+
+
+def test_a_repeated_request_is_a_hit_from_the_local_cache_without_prefetching(
+    tmp_path: Path,
+) -> None:
+    train = write(tmp_path / "train.tsv", [("1", "p/x", 0.0), ("1", "p/y", 5.0)])
+    test = write(
+        tmp_path / "test.tsv", [("7", "p/x", 100.0), ("7", "p/y", 110.0), ("7", "p/x", 120.0)]
+    )
+    result = simulate(train, test, threshold=OFF)
+    assert result.pushes == result.prefetched_bytes == result.wasted_bytes == 0
+    assert (result.requests, result.hits, result.scored_requests) == (3, 1, 2)
+    assert result.hit_ratio == pytest.approx(1 / 3)
+    assert result.hit_ratio_scored == pytest.approx(1 / 2)
+    expected = 2 * content_size("p/x") + content_size("p/y")
+    assert result.requested_bytes == expected
+
+
+def test_a_learned_chain_is_pushed_ahead_and_turns_misses_into_hits(
+    chain: tuple[Path, Path],
+) -> None:
+    off, on = sweep(*chain, [OFF, ON])
+    assert off.hits == 0 and off.pushes == 0  # no repeats: only prefetching can hit
+    assert on.pushes > 0 and on.prefetched_bytes > off.prefetched_bytes
+    # After a the model pushes b, after b it pushes c: both later requests of a session hit.
+    assert on.hits == on.scored_requests == 10
+    assert on.hit_ratio_scored == 1.0 and on.hr_at_5 == 1.0
+
+
+def test_waste_is_what_was_pushed_and_never_requested(chain: tuple[Path, Path]) -> None:
+    result = simulate(*chain, threshold=ON)
+    assert 0 < result.wasted_bytes <= result.prefetched_bytes
+    assert 0 < result.wasted_items <= result.pushes
+    # Every push of b and c was used; whatever else went out was wasted.
+    used = result.prefetched_bytes - result.wasted_bytes
+    assert used == 5 * (content_size("p/b") + content_size("p/c"))
+    assert result.wasted_per_requested_byte == result.wasted_bytes / result.requested_bytes
+
+
+def test_the_default_threshold_is_the_shipped_one(chain: tuple[Path, Path]) -> None:
+    default, explicit = sweep(*chain, [None, THRESHOLDS["4g"]])
+    assert default.threshold == THRESHOLDS["4g"]
+    assert default == explicit
+
+
+def test_the_same_inputs_give_the_same_numbers_and_points_are_independent(
+    chain: tuple[Path, Path],
+) -> None:
+    forward = sweep(*chain, [ON, 0.3, OFF])
+    backward = sweep(*chain, [OFF, 0.3, ON])
+    assert forward == backward[::-1]  # no point sees what an earlier one learned
+    assert simulate(*chain, threshold=0.3) == forward[1]  # equality leaves out the seconds
+
+
+def test_as_dict_names_every_measure(chain: tuple[Path, Path]) -> None:
+    result = simulate(*chain, threshold=OFF, top_k=3)
+    numbers = result.as_dict()
+    assert (numbers["requests"], numbers["hits"]) == (result.requests, result.hits) == (16, 0)
+    assert set(numbers) >= {
+        "requests",
+        "hits",
+        "hit_ratio",
+        "scored_requests",
+        "hit_ratio_scored",
+        "hr_at_5",
+        "pushes",
+        "prefetched_bytes",
+        "requested_bytes",
+        "wasted_bytes",
+        "wasted_per_requested_byte",
+        "threshold",
+    }
+
+
+def test_the_first_request_of_each_pushed_item_sends_one_hit_feedback(
+    chain: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[str, str, str]] = []
+    apply = Engine.on_feedback
+
+    def spy(self: Engine, feedback: Feedback, record: ClientRecord | None) -> ClientRecord:
+        sent.append((feedback.client_id, feedback.content_id, feedback.outcome))
+        return apply(self, feedback, record)
+
+    monkeypatch.setattr(Engine, "on_feedback", spy)
+    result = simulate(*chain, threshold=ON)
+    expected = [(str(n), item, "hit") for n in range(1000, 1005) for item in ("p/b", "p/c")]
+    assert sorted(sent) == expected and result.hits == len(expected)
