@@ -5,7 +5,9 @@ redirects it, so the agent finds its owner by itself. What the node pushes goes 
 byte-bounded LRU (``agents.cache.LocalCache``, digests checked); ``get`` answers from it, or
 fetches from the owner over HTTP, and every prefetched item ends in one feedback outcome. After
 any disconnect but a refused token the agent reconnects with backoff and a hello listing its
-holdings, so nothing it holds is lost or pushed twice (docs/push-protocol.md).
+holdings, so nothing it holds is lost or pushed twice (docs/push-protocol.md). Every request
+it answers from its cache is told to the node as a ``view``, so the model learns from every
+request; a ``private`` agent (Global Privacy Control) sends none and marks its fetches so.
 
     async with Agent("client-42", token, "http://127.0.0.1:8710") as agent:
         result = await agent.get("p/1")
@@ -45,6 +47,7 @@ from schemas.protocol import (
     Redirect,
     Resume,
     Update,
+    View,
     Welcome,
     decode_from_node,
     digest,
@@ -58,7 +61,7 @@ log = logging.getLogger(__name__)
 AGENT_NAME = "foresight-python/0.1"
 #: Redirects followed without a welcome before backing off (as after 1013).
 MAX_REDIRECTS = 3
-#: Feedback kept while disconnected; beyond it the oldest is dropped (and counted).
+#: Feedback and views kept while disconnected; beyond it the oldest is dropped (and counted).
 FEEDBACK_BUFFER = 1000
 #: The node closes a connection without a hello after 10 s; we wait as long for its welcome.
 HANDSHAKE_TIMEOUT_S = 10.0
@@ -99,7 +102,10 @@ class AgentStats:
 
     pushes: int = 0
     updates: int = 0
+    #: A version pushed to this agent a second time.
     duplicate_pushes: int = 0
+    #: A push of a version the agent had already fetched itself (it came too late to help).
+    late_pushes: int = 0
     rejected_pushes: int = 0
     bytes_pushed: int = 0
     hits: int = 0
@@ -159,7 +165,13 @@ class Agent:
         reconnect_max_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        private: bool = False,
+        unused_ttl_s: float | None = 600.0,
+        on_push: Callable[[Push, float], None] | None = None,
     ) -> None:
+        """``private``: Global Privacy Control, nothing this agent asks for is recorded.
+        ``unused_ttl_s``: a pushed item unused this long is dropped and reported expired
+        (None keeps it). ``on_push(push, received_at)`` is called for every push received."""
         if _IDENTIFIER.fullmatch(client_id) is None:
             raise ValueError(f"client_id must match ^{IDENTIFIER_PATTERN}$")
         self.client_id = client_id
@@ -181,7 +193,10 @@ class Agent:
         self._heartbeat_s = 25.0
         self._heard = 0.0
         self._task: asyncio.Task[None] | None = None
-        self._feedback: deque[Feedback] = deque(maxlen=FEEDBACK_BUFFER)
+        self._feedback: deque[Feedback | View] = deque(maxlen=FEEDBACK_BUFFER)
+        self._private = private
+        self._unused_ttl_s = unused_ttl_s
+        self._on_push = on_push
         self._control: deque[Ping | Pong] = deque()
         self._wake = asyncio.Event()
         self._waiters: dict[str, list[tuple[int, asyncio.Future[int]]]] = {}
@@ -264,6 +279,8 @@ class Agent:
             self.stats.hits += 1
             if entry.prefetched and entry.hits == 1:
                 self._report(entry.content_id, entry.version, "hit", latency_ms)
+            if not self._private:
+                self._queue(View(content_id=content_id, version=entry.version, ts=self._clock()))
             return GetResult(
                 content_id, entry.body, entry.version, entry.content_type, True, latency_ms
             )
@@ -297,7 +314,12 @@ class Agent:
                 del self._waiters[content_id]
 
     async def report_expired(self, ttl_s: float) -> int:
-        """Drop the prefetched entries unused for ``ttl_s`` since their push; report them."""
+        """Drop the prefetched entries unused for ``ttl_s`` since their push; report them.
+
+        The agent does this by itself at each heartbeat with ``unused_ttl_s``."""
+        return self._expire(ttl_s)
+
+    def _expire(self, ttl_s: float) -> int:
         expired = self.cache.unused_expired(self._clock(), ttl_s)
         for entry in expired:
             self._report(entry.content_id, entry.version, "expired", 0.0)
@@ -455,6 +477,8 @@ class Agent:
                     return
                 self._control.append(Ping(ts=self._clock()))
                 next_ping = loop.time() + self._heartbeat_s
+                if self._unused_ttl_s is not None:
+                    self._expire(self._unused_ttl_s)
             self._wake.clear()
             while self._control or self._feedback:
                 message = self._control.popleft() if self._control else self._feedback.popleft()
@@ -463,7 +487,7 @@ class Agent:
                     async with asyncio.timeout(SEND_TIMEOUT_S):
                         await ws.send_str(frame)
                 except BaseException as exc:
-                    if isinstance(message, Feedback):  # not sent: first in line for the next
+                    if not isinstance(message, Ping | Pong):  # not sent: first for the next
                         self._feedback.appendleft(message)
                     if not isinstance(exc, aiohttp.ClientError | OSError | TimeoutError):
                         raise
@@ -515,8 +539,14 @@ class Agent:
                 return
         else:
             self.stats.pushes += 1
+            if self._on_push is not None:
+                self._on_push(msg, self._clock())
             if held is not None and held.version == msg.version:
-                self.stats.duplicate_pushes += 1
+                if held.prefetched:
+                    self.stats.duplicate_pushes += 1
+                else:
+                    self.stats.late_pushes += 1
+                return
         if digest(msg.body) != msg.digest:
             self.stats.rejected_pushes += 1
             log.warning("refused %s v%d: digest mismatch", msg.content_id, msg.version)
@@ -533,13 +563,16 @@ class Agent:
             self._report(entry.content_id, entry.version, "unused", 0.0)
 
     def _report(self, content_id: str, version: int, outcome: FeedbackOutcome, ms: float) -> None:
-        """Queue one feedback; the sender delivers it now or after the next reconnect."""
-        if len(self._feedback) == FEEDBACK_BUFFER:
-            self.stats.feedback_dropped += 1
         now = self._clock()
-        self._feedback.append(
+        self._queue(
             Feedback(content_id=content_id, version=version, outcome=outcome, latency_ms=ms, ts=now)
         )
+
+    def _queue(self, message: Feedback | View) -> None:
+        """Queue one feedback or view; the sender delivers it now or after the next reconnect."""
+        if len(self._feedback) == FEEDBACK_BUFFER:
+            self.stats.feedback_dropped += 1
+        self._feedback.append(message)
         self._wake.set()
 
     async def _fetch(self, content_id: str) -> tuple[int, str, bytes]:
@@ -547,6 +580,8 @@ class Agent:
         if self._session is None:
             raise AgentError("connect() first")
         headers = {"Authorization": f"Bearer {self._token}"}
+        if self._private:
+            headers["Sec-GPC"] = "1"
         for attempt in range(2):
             url = f"{self._owner}/v1/content/{quote(content_id, safe='')}"
             try:

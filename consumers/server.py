@@ -55,11 +55,12 @@ from schemas.protocol import (
     Ping,
     Pong,
     Redirect,
+    View,
     Welcome,
     decode_from_agent,
     encode_message,
 )
-from schemas.records import MemberState
+from schemas.records import InteractionKind, MemberState
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +129,20 @@ class NodeProcess:
         )
         self.producer.poll(0)
 
-    def record_request(self, client_id: str, content_id: str) -> None:
+    def record_request(
+        self,
+        client_id: str,
+        content_id: str,
+        kind: InteractionKind = "request",
+        ts: float | None = None,
+    ) -> None:
+        """Publish what the client asked for (served here, or from its agent's cache)."""
         event = Interaction(
             event_id=f"{self.config.node_id}-{uuid.uuid4().hex}",
             client_id=client_id,
             content_id=content_id,
-            kind="request",
-            ts=time.time(),
+            kind=kind,
+            ts=time.time() if ts is None else ts,
         )
         self.producer.produce(
             self.settings.topic_interactions, key=client_id.encode(), value=encode(event)
@@ -330,7 +338,13 @@ async def get_content(request: web.Request) -> web.StreamResponse:
     except FetchFailed as exc:
         REQUESTS.labels("failed").inc()
         raise web.HTTPBadGateway(reason=str(exc)[:120]) from None
-    process.record_request(client_id, content_id)
+    # Global Privacy Control: served, never recorded for the model.
+    if request.headers.get("Sec-GPC") != "1":
+        process.record_request(client_id, content_id)
+    session = process.sessions.get(client_id)
+    if session is not None and session.holdings.get(content_id, -1) < item.version:
+        # The agent keeps what it fetched: pushing it later would only waste its bytes.
+        session.holdings[content_id] = item.version
     REQUESTS.labels("served").inc()
     return web.Response(
         body=item.body,
@@ -404,6 +418,8 @@ async def agent_socket(request: web.Request) -> web.StreamResponse:
                 continue
             if isinstance(message, Feedback):
                 process.relay_feedback(claims.client_id, message)
+            elif isinstance(message, View):
+                process.record_request(claims.client_id, message.content_id, "view", message.ts)
             elif isinstance(message, Ping):
                 agent.offer(encode_message(Pong(ts=time.time())))
     finally:

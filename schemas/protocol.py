@@ -173,6 +173,10 @@ class _Content(_Message, kw_only=True, frozen=True):
 class Push(_Content, tag="push", kw_only=True, frozen=True):
     """Node -> agent: a predicted item, to keep until it is asked for."""
 
+    #: When the click behind the prediction happened (the command's event time), so an agent
+    #: can tell how long a click takes to become a push.
+    event_ts: Timestamp | None = None
+
 
 class Update(_Content, tag="update", kw_only=True, frozen=True):
     """Node -> agent: a newer version of an item the agent holds; replaces the older one."""
@@ -220,6 +224,21 @@ class Feedback(_Message, tag="feedback", kw_only=True, frozen=True):
         check_identifiers(self, "content_id")
 
 
+class View(_Message, tag="view", kw_only=True, frozen=True):
+    """Agent -> node: the person asked for an item and the agent answered from its cache.
+
+    The node records it as an interaction, as it records a request it serves, so the model
+    learns from every request whether or not it reached a node.
+    """
+
+    content_id: Identifier
+    version: ContentVersion
+    ts: Timestamp
+
+    def __post_init__(self) -> None:
+        check_identifiers(self, "content_id")
+
+
 class Ping(_Message, tag="ping", kw_only=True, frozen=True):
     """Either direction: are you there? Answered by a pong carrying the same ``ts``."""
 
@@ -239,8 +258,10 @@ class Error(_Message, tag="error", kw_only=True, frozen=True):
     reason: Annotated[str, Meta(min_length=1, max_length=1024)]
 
 
-Message = Hello | Welcome | Push | Update | Invalidate | Redirect | Feedback | Ping | Pong | Error
-AgentMessage = Hello | Feedback | Ping | Pong | Error
+Message = (
+    Hello | Welcome | Push | Update | Invalidate | Redirect | Feedback | View | Ping | Pong | Error
+)
+AgentMessage = Hello | Feedback | View | Ping | Pong | Error
 NodeMessage = Welcome | Push | Update | Invalidate | Redirect | Ping | Pong | Error
 
 _encoder = msgspec.json.Encoder()

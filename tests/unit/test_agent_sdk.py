@@ -35,6 +35,7 @@ from schemas.protocol import (
     Push,
     Redirect,
     Update,
+    View,
     Welcome,
     decode_from_agent,
     digest,
@@ -63,6 +64,8 @@ class FakeNode:
         self.node_id = node_id
         self.hellos: list[Hello] = []
         self.feedback: asyncio.Queue[Feedback] = asyncio.Queue()
+        self.views: list[View] = []
+        self.gpc: list[str | None] = []
         self.pongs: asyncio.Queue[Pong] = asyncio.Queue()
         self.pings = 0
         self.sessions: asyncio.Queue[web.WebSocketResponse] = asyncio.Queue()
@@ -143,6 +146,8 @@ class FakeNode:
             frame = decode_from_agent(msg.data)
             if isinstance(frame, Feedback):
                 self.feedback.put_nowait(frame)
+            elif isinstance(frame, View):
+                self.views.append(frame)
             elif isinstance(frame, Pong):
                 self.pongs.put_nowait(frame)
             elif isinstance(frame, Ping):
@@ -161,6 +166,7 @@ class FakeNode:
     async def _content(self, request: web.Request) -> web.Response:
         content_id = request.match_info["content_id"]
         self.http_requests.append(content_id)
+        self.gpc.append(request.headers.get("Sec-GPC"))
         try:
             token = tokens.token_from(request.headers.get("Authorization"), None)
             tokens.verify(SECRET, token, None, now=time.time())
@@ -430,6 +436,48 @@ async def test_a_push_of_a_version_already_held_is_a_duplicate(net: Network) -> 
     await agent.get("marker")
     # The repeat neither replaced nor dropped the held copy.
     assert await node.next_feedback() == ("marker", 1, "miss")
+
+
+async def test_a_push_of_an_item_the_agent_fetched_itself_is_late_not_duplicate(
+    net: Network,
+) -> None:
+    node = await net.node("node-a")
+    node.content["x"] = (1, b"x")
+    agent = await net.connected(node)
+    await agent.get("x")
+    await node.send(push("x", 1, b"x"), push("done"))
+    await agent.wait_for("done", DELIVERY_S)
+    assert (agent.stats.late_pushes, agent.stats.duplicate_pushes) == (1, 0)
+    # The copy it fetched stays its own: a later answer owes the push no hit.
+    assert (await agent.get("x")).from_cache
+    assert await node.next_feedback() == ("x", 1, "miss")
+    assert node.feedback.empty()
+
+
+async def test_every_local_answer_is_told_to_the_node_as_a_view(net: Network) -> None:
+    node = await net.node("node-a")
+    node.content["a"] = (2, b"a")
+    seen: list[tuple[str, float]] = []
+    agent = await net.connected(node, on_push=lambda p, at: seen.append((p.content_id, at)))
+    await node.send(push("p/1", 3))
+    await agent.wait_for("p/1", DELIVERY_S)
+    for item in ("p/1", "p/1", "a", "a"):
+        await agent.get(item)
+    await eventually(lambda: len(node.views) == 3)
+    # Two answers of the pushed item and the second of the fetched one; the fetch itself
+    # reached the node as a request.
+    assert [(v.content_id, v.version) for v in node.views] == [("p/1", 3), ("p/1", 3), ("a", 2)]
+    assert [item for item, _ in seen] == ["p/1"] and node.gpc == [None]
+
+
+async def test_a_private_agent_sends_no_views_and_marks_its_fetches(net: Network) -> None:
+    node = await net.node("node-a")
+    node.content["a"] = (1, b"a")
+    agent = await net.connected(node, private=True)
+    await agent.get("a")
+    await agent.get("a")
+    assert await node.next_feedback() == ("a", 1, "miss")
+    assert node.views == [] and node.gpc == ["1"]
 
 
 @pytest.mark.parametrize(
