@@ -32,10 +32,8 @@ services-down: install ## Stop the local Kafka and Cassandra that services-up st
 services-status: install ## Show the local services' ports, pids and health
 	$(FORESIGHT) services status
 
-run: services-up ## The main job: services, topics and tables, then publish the dataset
-	$(FORESIGHT) topics create
-	$(FORESIGHT) db migrate
-	$(FORESIGHT) produce --dataset yoochoose $(DATA)/test.tsv
+run: install ## The main job: the whole system on real local services, a replay, a report
+	$(FORESIGHT) demo --data $(DATA) --out replay
 
 test: services-up ## Install, start the services and run every test (unit and integration)
 	$(BIN)/pytest -q

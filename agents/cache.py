@@ -163,6 +163,10 @@ class LocalCache:
         """The held entry without counting a hit or touching its recency."""
         return self._entries.get(content_id)
 
+    def entries(self) -> list[Entry]:
+        """Every held entry, least recently used first (for accounting; not counted as hits)."""
+        return list(self._entries.values())
+
     def holdings(self) -> list[HeldVersion]:
         """What the agent holds, most recently used first (a truncated hello keeps the best)."""
         return [

@@ -28,6 +28,7 @@ from foresight.cli.delivery import (
     origin_command,
     token_group,
 )
+from foresight.cli.demo import demo_command, replay_command
 from foresight.cli.services import services_group
 from foresight.cli.streams import eval_command, worker_command
 from foresight.settings import Settings
@@ -70,6 +71,8 @@ cli.add_command(origin_command)
 cli.add_command(token_group)
 cli.add_command(cache_node_command)
 cli.add_command(agent_command)
+cli.add_command(replay_command)
+cli.add_command(demo_command)
 
 
 def main() -> None:

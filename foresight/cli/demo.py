@@ -1,0 +1,322 @@
+"""`foresight replay` and `foresight demo`: real sessions through the whole running system."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from foresight.cli.common import console, fail, settings_of
+from foresight.settings import Settings
+
+DEFAULT_DATA = Path("../shared/data/yoochoose-100k")
+
+
+class _Display:
+    """One progress line per phase, the replay's with its live hit ratio, pushes and p50."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(
+        self, phase: str, done: int, total: int | None, live: Mapping[str, float] | None = None
+    ) -> None:
+        task = self.tasks.get(phase)
+        if task is None:
+            task = self.tasks[phase] = self.progress.add_task(phase, total=total, live="")
+        figures = ""
+        if live:
+            figures = (
+                f"hit ratio {live.get('hit_ratio', 0.0):.1%}  pushes {live.get('pushes', 0):,.0f}"
+                f"  p50 {live.get('p50_ms', 0.0):.2f} ms"
+            )
+        self.progress.update(task, completed=done, live=figures)
+        if total is not None:
+            self.progress.update(task, total=total)
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description:<32}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[live]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _fmt(value: Any, kind: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if kind == "%":
+        return f"{value:.1%}"
+    if kind == "bytes":
+        return f"{value / 2**20:,.1f} MiB"
+    if kind == "ms":
+        return f"{value:,.2f} ms"
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.3f}"
+
+
+def summary_table(summary: Mapping[str, Any]) -> Table:
+    """The printed summary: the JSON's own numbers, formatted."""
+    table = Table(title="Replay summary", show_header=False)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    lat = summary["latency_ms"]
+    rows = [
+        ("events", _fmt(summary["events"])),
+        ("hit ratio (all requests)", _fmt(summary["hit_ratio"], "%")),
+        ("hit ratio (requests after a session's first)", _fmt(summary["hit_ratio_scored"], "%")),
+        ("online HR@5", _fmt(summary["online_hr@5"], "%")),
+        ("mean latency with prefetching", _fmt(lat["with"]["mean"], "ms")),
+        ("mean latency without", _fmt(lat["without"]["mean"], "ms")),
+        ("p50 / p99 with", f"{_fmt(lat['with']['p50'], 'ms')} / {_fmt(lat['with']['p99'], 'ms')}"),
+        (
+            "p50 / p99 without",
+            f"{_fmt(lat['without']['p50'], 'ms')} / {_fmt(lat['without']['p99'], 'ms')}",
+        ),
+        ("prefetched", _fmt(summary["prefetched_bytes"], "bytes")),
+        ("wasted", _fmt(summary["wasted_bytes"], "bytes")),
+        ("wasted per requested byte", _fmt(summary["wasted_per_requested_byte"])),
+        (
+            "click-to-push p50 / p99",
+            f"{_fmt(summary['click_to_push_ms']['p50'], 'ms')} / "
+            f"{_fmt(summary['click_to_push_ms']['p99'], 'ms')}",
+        ),
+        ("lost events", _fmt(summary["lost_events"])),
+        ("duplicate pushes", _fmt(summary["duplicate_pushes"])),
+        ("duration", f"{summary['duration_s']:.0f} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _check_file(path: Path, option: str) -> Path:
+    if not path.is_file():
+        fail(f"{option} {path}: no such file")
+    return path
+
+
+def run_and_report(settings: Settings, options: Any, json_out: Path | None) -> dict[str, Any]:
+    from foresight.replay import replay
+    from foresight.stack import ChildFailed
+
+    with _progress() as progress:
+        try:
+            result = replay(settings, options, _Display(progress))
+        except ChildFailed as exc:
+            fail(str(exc))
+        except TimeoutError as exc:
+            fail(str(exc))
+    console.print(summary_table(result.summary))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.summary, indent=2) + "\n")
+        console.print(f"JSON: {json_out}")
+    console.print(f"report: {result.report_path}")
+    if result.interrupted:
+        fail("interrupted: the report shows what was measured until then")
+    return result.summary
+
+
+def _replay_options(
+    train: Path,
+    test: Path,
+    speed: float,
+    clients: int,
+    max_gap: float,
+    sessions: int | None,
+    baseline: bool,
+    sweep: bool,
+    out: Path,
+) -> Any:
+    from foresight.replay import DEFAULT_SWEEP, ReplayOptions
+
+    return ReplayOptions(
+        train=train,
+        test=test,
+        speed=speed,
+        clients=clients,
+        max_gap_s=max_gap,
+        sessions=sessions,
+        baseline=baseline,
+        sweep=DEFAULT_SWEEP if sweep else (),
+        run_dir=out,
+    )
+
+
+def _common(command: Any) -> Any:
+    options = [
+        click.option(
+            "--speed",
+            type=click.FloatRange(min=0.1),
+            default=20.0,
+            show_default=True,
+            help="Divide the recorded gaps between a session's requests by this.",
+        ),
+        click.option(
+            "--clients",
+            type=click.IntRange(1, 5000),
+            default=200,
+            show_default=True,
+            help="Agents (sessions) replaying at the same time.",
+        ),
+        click.option(
+            "--max-gap",
+            type=click.FloatRange(min=0.0),
+            default=2.0,
+            show_default=True,
+            help="Longest wait between two requests of a session, seconds.",
+        ),
+        click.option(
+            "--sessions",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Replay only the first N test sessions (a quick run).",
+        ),
+        click.option(
+            "--baseline/--no-baseline",
+            default=True,
+            show_default=True,
+            help="Serve the same requests again without prefetching, for the 'without' latency.",
+        ),
+        click.option(
+            "--sweep/--no-sweep",
+            default=True,
+            show_default=True,
+            help="Run the offline threshold sweep for the report's trade-off plot.",
+        ),
+        click.option(
+            "--out",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("replay"),
+            show_default=True,
+            help="Folder for the report, the processes' logs and state.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.command("replay")
+@click.option("--train", type=click.Path(path_type=Path), required=True, help="Training TSV.")
+@click.option("--test", type=click.Path(path_type=Path), required=True, help="Test TSV.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the result as JSON.",
+)
+@_common
+@click.pass_context
+def replay_command(
+    ctx: click.Context,
+    train: Path,
+    test: Path,
+    json_out: Path,
+    speed: float,
+    clients: int,
+    max_gap: float,
+    sessions: int | None,
+    baseline: bool,
+    sweep: bool,
+    out: Path,
+) -> None:
+    """Replay TEST's sessions (SessionId, ItemId, Time TSV) as agents, after learning TRAIN.
+
+    Starts the origin, a worker and two cache nodes (Kafka and Cassandra must be up), and
+    writes the JSON result and an HTML report.
+    """
+    settings = settings_of(ctx)
+    options = _replay_options(
+        _check_file(train, "--train"),
+        _check_file(test, "--test"),
+        speed,
+        clients,
+        max_gap,
+        sessions,
+        baseline,
+        sweep,
+        out,
+    )
+    _require_services(settings)
+    run_and_report(settings, options, json_out)
+
+
+@click.command("demo")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA,
+    show_default=True,
+    help="Folder with yoochoose train_full.tsv and test.tsv.",
+)
+@_common
+@click.pass_context
+def demo_command(
+    ctx: click.Context,
+    data: Path,
+    speed: float,
+    clients: int,
+    max_gap: float,
+    sessions: int | None,
+    baseline: bool,
+    sweep: bool,
+    out: Path,
+) -> None:
+    """The whole system on real local services: Kafka and Cassandra (started if needed),
+    topics and tables, the origin, a worker and two cache nodes, then yoochoose-100k's test
+    sessions replayed as agents after learning train_full; prints a summary, writes a report."""
+    from foresight.cli.services import up
+
+    options = _replay_options(
+        _check_file(data / "train_full.tsv", "--data"),
+        _check_file(data / "test.tsv", "--data"),
+        speed,
+        clients,
+        max_gap,
+        sessions,
+        baseline,
+        sweep,
+        out,
+    )
+    ctx.invoke(up)
+    run_and_report(settings_of(ctx), options, out / "result.json")
+
+
+def _require_services(settings: Settings) -> None:
+    """One line, before any work, when Kafka or Cassandra does not answer."""
+    from cassandra.cluster import NoHostAvailable
+
+    from foresight.cassandra import connect
+    from foresight.cli.data import require_topics
+
+    require_topics(settings, [])
+    try:
+        cluster, _ = connect(settings)
+    except NoHostAvailable:
+        fail(
+            f"Cassandra at {settings.cassandra_contact_points}:{settings.cassandra_port} did "
+            "not answer; is it running? try `foresight services up`"
+        )
+    cluster.shutdown()

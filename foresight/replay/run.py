@@ -1,0 +1,471 @@
+"""A replay: real sessions through the whole system, measured from the agents' side.
+
+1. The run gets topics, a keyspace and a worker group of its own (``replay-<run>``), so runs
+   never mix, and starts the origin and a worker as child processes.
+2. Warm: the training clicks are published and the worker learns them before any cache node
+   is up, so they teach the model without sending a single prefetch.
+3. The cache nodes start. Each test session becomes one client with its own agent (the Python
+   SDK); sessions start in the order they started in the data, up to ``clients`` at a time.
+   Within a session the gaps between requests are the recorded ones divided by ``speed`` (at
+   most ``max_gap_s``). Every request is an ``agent.get``: a local hit, or a fetch from the
+   client's node. Hits reach the model as views, fetches as requests.
+4. Without prefetching: the nodes restart on an empty keyspace and serve the same requests,
+   in the same order, to clients that never receive a push (Global Privacy Control requests,
+   so the model does not learn them twice). Both passes start cold, origin included.
+5. Optionally the offline threshold sweep (streams.simulate), for the report's trade-off plot.
+
+lost_events is published minus processed: requests the agents made minus the interactions
+the worker processed over the pass (each request is exactly one interaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import aiohttp
+from pydantic import SecretStr
+
+from agents.sdk import Agent, AgentError
+from foresight import tokens
+from foresight.migrate import migrate
+from foresight.replay.measure import Request, Tally, metric_sum, read_metrics, summarize, timeline
+from foresight.report import ReportData, write_report
+from foresight.ring import HashRing, Member
+from foresight.settings import Settings
+from foresight.stack import Child, Stack, http_text
+from foresight.topics import create_topics
+from producers.datasets import read_yoochoose
+from producers.publisher import InteractionPublisher
+from schemas import Interaction
+
+log = logging.getLogger(__name__)
+
+#: The offline sweep's thresholds (streams.simulate), for the trade-off plot.
+DEFAULT_SWEEP = (0.02, 0.05, 0.1, 0.2, 0.4)
+#: How long the worker may go without processing anything before we stop waiting for it.
+DRAIN_IDLE_S = 30.0
+BASELINE_CONCURRENCY = 8
+#: The first ``clients`` sessions start spread over this many seconds, not all at once: a
+#: site's visitors do not arrive in one instant, and a burst of cold connects would measure
+#: the burst rather than prefetching.
+RAMP_S = 10.0
+
+
+class Progress(Protocol):
+    """Told how a phase goes: ``done`` of ``total`` (None: unknown), live figures if any."""
+
+    def __call__(
+        self, phase: str, done: int, total: int | None, live: Mapping[str, float] | None = None
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    train: Path
+    test: Path
+    speed: float = 20.0
+    clients: int = 200
+    max_gap_s: float = 2.0
+    nodes: int = 2
+    baseline: bool = True
+    sweep: Sequence[float] = DEFAULT_SWEEP
+    sessions: int | None = None  # only the first N test sessions (a quick run)
+    run_dir: Path = Path("replay")
+
+
+@dataclass
+class ReplayResult:
+    summary: dict[str, Any]
+    report: ReportData
+    report_path: Path | None = None
+    interrupted: bool = False
+    tally: Tally = field(default_factory=Tally)
+
+
+def run_settings(settings: Settings, options: ReplayOptions, tag: str) -> Settings:
+    """The run's own topics, keyspace, worker group and state folder; a token secret if none
+    is configured (a fresh random one, handed only to the run's children)."""
+    secrets_ = settings.agent_token_secrets or [SecretStr(secrets.token_hex(32))]
+    return settings.with_topic_prefix(f"replay-{tag}").model_copy(
+        update={
+            "cassandra_keyspace": f"{settings.cassandra_keyspace[:20]}_r{tag}",  # <= 40 chars
+            "worker_group": f"foresight-replay-{tag}",
+            "state_dir": options.run_dir / "state",
+            "prefetch_command_slots": max(settings.prefetch_command_slots, options.nodes),
+            "agent_token_secrets": secrets_,
+        }
+    )
+
+
+def sessions_of(path: Path, limit: int | None = None) -> list[list[Interaction]]:
+    """A TSV's sessions, each in time order, in the order they started."""
+    by_client: dict[str, list[Interaction]] = {}
+    for event in read_yoochoose(path):
+        by_client.setdefault(event.client_id, []).append(event)
+    sessions = [sorted(events, key=lambda e: e.ts) for events in by_client.values()]
+    sessions.sort(key=lambda events: (events[0].ts, events[0].client_id))
+    return sessions[:limit] if limit is not None else sessions
+
+
+class Replay:
+    """One replay run: its settings, its child processes and what it measured."""
+
+    def __init__(self, settings: Settings, options: ReplayOptions, progress: Progress) -> None:
+        self.options = options
+        self.tag = f"{time.strftime('%Y%m%d%H%M%S')}{uuid.uuid4().hex[:4]}"
+        self.settings = run_settings(settings, options, self.tag)
+        self.progress = progress
+        self.stack = Stack()
+        self.tally = Tally()
+        self.secret = self.settings.agent_token_secrets[0].get_secret_value()
+        self.logs = options.run_dir / "logs"
+        self.node_urls = [
+            f"http://127.0.0.1:{self.settings.cache_node_base_port + n}"
+            for n in range(options.nodes)
+        ]
+
+    # --- processes --------------------------------------------------------------------------
+    def _child(self, name: str, args: list[str], port: int, settings: Settings) -> Child:
+        return Child(
+            name,
+            args,
+            f"http://127.0.0.1:{port}/healthz",
+            self.logs / f"{name}.log",
+            settings.as_environment(),
+        )
+
+    @property
+    def worker_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.worker_web_port}"
+
+    def start_core(self) -> None:
+        s = self.settings
+        create_topics(s)
+        migrate(s)
+        self.stack.start(self._child("origin", ["origin"], s.origin_port, s))
+        self.stack.start(self._child("worker", ["worker", "-l", "warning"], s.worker_web_port, s))
+
+    def start_nodes(self, settings: Settings) -> None:
+        for n in range(self.options.nodes):
+            port = settings.cache_node_base_port + n
+            args = ["cache-node", "--node-id", str(n), "--port", str(port)]
+            self.stack.start(self._child(f"node-{n}", args, port, settings), wait=False)
+        for n in range(self.options.nodes):
+            self.stack.children[f"node-{n}"].wait_healthy()
+
+    def stop_nodes(self) -> None:
+        for n in range(self.options.nodes):
+            self.stack.stop(f"node-{n}")
+
+    def worker_metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return read_metrics(http_text(f"{self.worker_url}/metrics"))
+
+    def processed(self) -> int:
+        values = self.worker_metrics()
+        return int(metric_sum(values, "foresight_worker_events_total", topic="interactions"))
+
+    def wait_processed(self, target: int, phase: str, first: int = 0) -> int:
+        """Wait until the worker processed ``target`` interactions more than ``first`` (or made
+        no progress for DRAIN_IDLE_S); return how many it processed."""
+        done, idle_since = self.processed() - first, time.monotonic()
+        while done < target and time.monotonic() - idle_since < DRAIN_IDLE_S:
+            time.sleep(0.25)
+            now = self.processed() - first
+            if now > done:
+                done, idle_since = now, time.monotonic()
+            self.progress(phase, done, target)
+        return done
+
+    def wait_ring(self, members: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if metric_sum(self.worker_metrics(), "foresight_ring_members") >= members:
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"the worker's ring did not reach {members} cache nodes")
+
+    def live(self) -> dict[str, float]:
+        return self.tally.live() | {"pushes": float(len(self.tally.click_to_push_ms))}
+
+    # --- phases -----------------------------------------------------------------------------
+    def warm(self) -> int:
+        """Publish the training clicks and wait until the worker learned them all."""
+        train = sorted(read_yoochoose(self.options.train), key=lambda e: e.ts)
+        before = self.processed()
+        with InteractionPublisher(self.settings, source="replay-warm") as publisher:
+            for start in range(0, len(train), 10_000):
+                publisher.publish_batch(train[start : start + 10_000])
+                self.progress("publishing training clicks", start, len(train))
+        return self.wait_processed(len(train), "learning training clicks", before)
+
+    async def with_prefetching(self, sessions: list[list[Interaction]]) -> None:
+        started = time.monotonic()
+        gate = asyncio.Semaphore(self.options.clients)
+        total = sum(len(s) for s in sessions)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+
+            async def play(index: int, events: list[Interaction]) -> None:
+                if index < self.options.clients:
+                    await asyncio.sleep(index * RAMP_S / self.options.clients)
+                async with gate:
+                    await self._play_session(http, index, events, started)
+                    self.progress("replaying", len(self.tally.requests), total, self.live())
+
+            await asyncio.gather(*(play(i, s) for i, s in enumerate(sessions)))
+
+    async def _play_session(
+        self, http: aiohttp.ClientSession, index: int, events: list[Interaction], t0: float
+    ) -> None:
+        client = events[0].client_id
+        token = tokens.issue(self.secret, client, 24 * 3600, time.time())
+        bootstrap = self.node_urls[index % len(self.node_urls)]  # a non-owner redirects
+        agent = Agent(
+            client,
+            token,
+            bootstrap,
+            session=http,
+            unused_ttl_s=None,
+            on_push=self.tally.on_push,
+        )
+        try:
+            await agent.connect()
+            previous: float | None = None
+            for position, event in enumerate(events):
+                if previous is not None:
+                    gap = (event.ts - previous) / self.options.speed
+                    await asyncio.sleep(min(max(0.0, gap), self.options.max_gap_s))
+                previous = event.ts
+                try:
+                    result = await agent.get(event.content_id)
+                except AgentError as exc:
+                    self.tally.errors.append(f"{client} {event.content_id}: {exc}")
+                    continue
+                self.tally.requests.append(
+                    Request(
+                        at=time.monotonic() - t0,
+                        client_id=client,
+                        content_id=event.content_id,
+                        scored=position > 0,
+                        hit=result.from_cache,
+                        latency_ms=result.latency_ms,
+                        size=len(result.body),
+                    )
+                )
+                if len(self.tally.requests) % 50 == 0:
+                    self.progress("replaying", len(self.tally.requests), None, self.live())
+        except AgentError as exc:
+            self.tally.errors.append(f"{client}: {exc}")
+        finally:
+            await agent.close()  # sends the last views and feedback
+            self.tally.agent_done(agent)
+
+    async def without_prefetching(self, requests: Sequence[Request]) -> list[float]:
+        """The same requests, in the same order, served by freshly started nodes to clients
+        that hold nothing; latencies in request order."""
+        ring = HashRing(
+            Member(f"node-{n}", url=url, slot=n) for n, url in enumerate(self.node_urls)
+        )
+        latencies = [0.0] * len(requests)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(len(requests)):
+            queue.put_nowait(i)
+        tokens_by_client: dict[str, str] = {}
+        done = 0
+
+        async def worker(http: aiohttp.ClientSession) -> None:
+            nonlocal done
+            while not queue.empty():
+                i = queue.get_nowait()
+                r = requests[i]
+                token = tokens_by_client.setdefault(
+                    r.client_id, tokens.issue(self.secret, r.client_id, 24 * 3600, time.time())
+                )
+                url = f"{ring.owner(r.client_id).url}/v1/content/{quote(r.content_id, safe='')}"
+                headers = {"Authorization": f"Bearer {token}", "Sec-GPC": "1"}
+                began = time.perf_counter()
+                async with http.get(url, headers=headers, allow_redirects=False) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"{url} answered {response.status}")
+                latencies[i] = (time.perf_counter() - began) * 1000
+                done += 1
+                if done % 100 == 0:
+                    self.progress("serving without prefetching", done, len(requests))
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            await asyncio.gather(*(worker(http) for _ in range(BASELINE_CONCURRENCY)))
+        return latencies
+
+    def node_load(self, sessions: list[list[Interaction]]) -> dict[str, dict[str, float]]:
+        ring = HashRing(
+            Member(f"node-{n}", url=url, slot=n) for n, url in enumerate(self.node_urls)
+        )
+        owners = [ring.owner(s[0].client_id).node_id for s in sessions]
+        load: dict[str, dict[str, float]] = {}
+        for n, url in enumerate(self.node_urls):
+            node = f"node-{n}"
+            try:
+                values = read_metrics(http_text(f"{url}/metrics"))
+            except OSError:
+                values = {}
+            load[node] = {
+                "ring_share": owners.count(node) / len(owners) if owners else 0.0,
+                "clients": float(self.tally.clients_by_node.get(node, 0)),
+                "commands": metric_sum(values, "foresight_node_commands_total"),
+                "pushes": metric_sum(values, "foresight_node_pushes_total"),
+            }
+        return load
+
+
+def sweep_points(
+    settings: Settings, options: ReplayOptions, progress: Progress
+) -> list[dict[str, float]]:
+    """The offline trade-off: hit ratio and waste per threshold (streams.simulate)."""
+    if not options.sweep:
+        return []
+    from streams.simulate import sweep
+
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress("threshold sweep (offline)", done, None)
+
+    results = sweep(
+        options.train, options.test, list(options.sweep), settings=settings, progress=advance
+    )
+    return [
+        {
+            "threshold": float(r.threshold),
+            "hit_ratio": r.hit_ratio,
+            "wasted_per_requested_byte": r.wasted_per_requested_byte,
+        }
+        for r in results
+    ]
+
+
+def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> ReplayResult:
+    """Run a whole replay (children started and stopped here) and write its report."""
+    run = Replay(settings, options, progress)
+    sessions = sessions_of(options.test, options.sessions)
+    without: list[float] = []
+    sweep: list[dict[str, float]] = []
+    interrupted = False
+    processed = 0
+    online_hr: float | None = None
+    load: dict[str, dict[str, float]] = {}
+    began = time.monotonic()
+    try:
+        with run.stack:
+            run.start_core()
+            run.warm()
+            run.start_nodes(run.settings)
+            run.wait_ring(options.nodes)
+            before = run.worker_metrics()
+            first = run.processed()
+            began = time.monotonic()
+            try:
+                asyncio.run(run.with_prefetching(sessions))
+            except KeyboardInterrupt:
+                interrupted = True
+            duration = time.monotonic() - began
+            if not interrupted:
+                processed = run.wait_processed(len(run.tally.requests), "draining", first)
+                after = run.worker_metrics()
+                scored = metric_sum(after, "foresight_online_scored_total") - metric_sum(
+                    before, "foresight_online_scored_total"
+                )
+                hits = metric_sum(after, "foresight_online_hits_total") - metric_sum(
+                    before, "foresight_online_hits_total"
+                )
+                online_hr = hits / scored if scored else None
+                load = run.node_load(sessions)
+                if options.baseline:
+                    run.stop_nodes()
+                    base = run.settings.model_copy(
+                        update={"cassandra_keyspace": f"{run.settings.cassandra_keyspace}_b"}
+                    )
+                    migrate(base)
+                    run.start_nodes(base)
+                    ordered = sorted(run.tally.requests, key=lambda r: r.at)
+                    latencies = asyncio.run(run.without_prefetching(ordered))
+                    without = latencies
+    except KeyboardInterrupt:
+        interrupted = True
+        duration = time.monotonic() - began
+    if not interrupted:
+        sweep = sweep_points(run.settings, options, progress)
+    summary = summarize(
+        run.tally,
+        without_ms=without,
+        processed=processed,
+        online_hr=online_hr,
+        duration_s=duration,
+        extra={
+            "run": run.tag,
+            "speed": options.speed,
+            "clients": options.clients,
+            "max_gap_s": options.max_gap_s,
+            "nodes": options.nodes,
+            "sessions": len(sessions),
+            "interrupted": interrupted,
+        },
+    )
+    report = ReportData(
+        summary=summary,
+        hit_timeline=timeline(run.tally.requests),
+        latency_with_ms=[r.latency_ms for r in run.tally.requests],
+        latency_without_ms=without,
+        sweep=sweep,
+        node_load=load,
+        title=f"Foresight replay of {options.test.name}",
+    )
+    path = write_report(report, options.run_dir / "report")
+    write_requests(run.tally.requests, without, options.run_dir / "report" / "requests.csv")
+    return ReplayResult(summary, report, path, interrupted, run.tally)
+
+
+def write_requests(requests: Sequence[Request], without: Sequence[float], path: Path) -> None:
+    """Every request of the with-prefetching pass, and its latency without, as CSV."""
+    by_time = sorted(range(len(requests)), key=lambda i: requests[i].at)
+    without_of = dict(zip(by_time, without, strict=False))
+    with path.open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(
+            [
+                "at_s",
+                "client_id",
+                "content_id",
+                "scored",
+                "hit",
+                "latency_ms",
+                "latency_without_ms",
+                "bytes",
+            ]
+        )
+        for i, r in enumerate(requests):
+            base = without_of.get(i)
+            out.writerow(
+                [
+                    f"{r.at:.3f}",
+                    r.client_id,
+                    r.content_id,
+                    int(r.scored),
+                    int(r.hit),
+                    f"{r.latency_ms:.3f}",
+                    "" if base is None else f"{base:.3f}",
+                    r.size,
+                ]
+            )

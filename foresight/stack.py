@@ -1,0 +1,144 @@
+"""Foresight's own processes (origin, worker, cache nodes) run as children of one command.
+
+The demo and the replay start each process as ``python -m foresight <command>`` with the exact
+settings of the run in its environment, wait for its /healthz, and stop them all at the end
+(SIGTERM, then SIGKILL after a grace period), whatever ends the run. Each child writes its log
+to a file of the run's folder, which an error message points to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+#: Faust's group join and table recovery, Cassandra sessions, the ring catch-up: a cold,
+#: loaded two-core machine needs most of this.
+START_TIMEOUT_S = 120.0
+STOP_GRACE_S = 30.0
+
+
+class ChildFailed(RuntimeError):
+    """A child exited or did not become healthy; the message ends with its log's tail."""
+
+
+def http_json(url: str, timeout: float = 5.0) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        body = json.loads(response.read() or b"{}")
+        return body if isinstance(body, dict) else {}
+
+
+def http_text(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        text: str = response.read().decode()
+        return text
+
+
+@dataclass
+class Child:
+    """One `foresight` sub-command as a child process."""
+
+    name: str
+    args: Sequence[str]
+    health_url: str
+    log: Path
+    env: Mapping[str, str]
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "foresight", *self.args],
+                env=dict(self.env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl+C reaches the parent alone, which stops us
+            )
+
+    def tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Return once /healthz answers 200 (and not ``"ready": false``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise ChildFailed(f"{self.name} exited; its log ({self.log}):\n{self.tail()}")
+            try:
+                if http_json(self.health_url, timeout=2.0).get("ready", True):
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise ChildFailed(
+            f"{self.name} not healthy in {timeout:.0f} s ({self.log}):\n{self.tail()}"
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace: float = STOP_GRACE_S) -> int | None:
+        """SIGTERM, then SIGKILL if it is still there after ``grace`` seconds."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """kill -9: no goodbye, no flush."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+class Stack:
+    """Children started in order and stopped in reverse order, as a context manager."""
+
+    def __init__(self) -> None:
+        self.children: dict[str, Child] = {}
+
+    def start(self, child: Child, *, wait: bool = True) -> Child:
+        self.children[child.name] = child
+        child.start()
+        if wait:
+            child.wait_healthy()
+        return child
+
+    def stop(self, name: str) -> None:
+        self.children.pop(name).stop()
+
+    def stop_all(self) -> None:
+        for child in reversed(list(self.children.values())):
+            child.stop()
+        self.children.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_all()

@@ -1,0 +1,92 @@
+"""`foresight replay` end to end on real Kafka and Cassandra, with its own origin, worker and
+two cache nodes as child processes: every request is accounted for, nothing is pushed twice,
+the printed summary is the JSON's, and the report is written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from foresight.settings import Settings
+
+from .conftest import free_port, settings_env
+
+SESSIONS = 40
+
+
+def _small_train(source: Path, target: Path, lines: int = 4000) -> Path:
+    with source.open() as handle:
+        target.write_text("".join(next(handle) for _ in range(lines)))
+    return target
+
+
+def test_a_replay_accounts_for_every_request_and_writes_its_report(
+    settings: Settings, yoochoose_dir: Path, tmp_path: Path
+) -> None:
+    mine = settings.model_copy(
+        update={
+            "worker_web_port": free_port(),
+            "origin_port": (origin := free_port()),
+            "origin_url_template": f"http://127.0.0.1:{origin}/content/{{content_id}}",
+            "cache_node_base_port": free_port(),
+        }
+    )
+    train = _small_train(yoochoose_dir / "train_valid.tsv", tmp_path / "train.tsv")
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "foresight",
+            "replay",
+            "--train",
+            str(train),
+            "--test",
+            str(yoochoose_dir / "test.tsv"),
+            "--sessions",
+            str(SESSIONS),
+            "--clients",
+            "20",
+            "--speed",
+            "50",
+            "--no-sweep",
+            "--json",
+            str(tmp_path / "result.json"),
+            "--out",
+            str(out),
+        ],
+        env=settings_env(mine) | {"COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "result.json").read_text())
+
+    expected = _requests_of_first_sessions(yoochoose_dir / "test.tsv", SESSIONS)
+    assert summary["requests"] == expected and summary["errors"] == 0
+    assert summary["lost_events"] == 0 and summary["processed_events"] == expected
+    assert summary["duplicate_pushes"] == 0
+    # Repeated items of a session are answered locally even before any prediction.
+    assert 0 < summary["hit_ratio"] <= 1
+    assert summary["latency_ms"]["with"]["mean"] > 0
+    assert summary["latency_ms"]["without"]["mean"] > 0
+    assert 0 <= summary["wasted_bytes"] <= summary["prefetched_bytes"]
+    # The printed summary is the JSON's numbers.
+    assert f"{summary['hit_ratio']:.1%}" in result.stdout
+    assert f"{summary['lost_events']:,}" in result.stdout
+    report = out / "report"
+    page = (report / "index.html").read_text()
+    for image in ("hit_ratio.png", "latency.png", "tradeoff.png", "node_load.png"):
+        assert (report / image).stat().st_size > 1000 and image in page
+    rows = (report / "requests.csv").read_text().splitlines()
+    assert len(rows) == expected + 1
+
+
+def _requests_of_first_sessions(path: Path, count: int) -> int:
+    from foresight.replay.run import sessions_of
+
+    return sum(len(s) for s in sessions_of(path, count))
