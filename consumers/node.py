@@ -2,8 +2,9 @@
 
 The node consumes the prefetch-commands partition of its ring slot. For each command it makes
 sure the item's version is in Cassandra (fetching it from the origin only when it is not, and
-only once however many clients want it), then pushes it to the client's agent when it is
-connected and does not already hold that version, or keeps it for the agent's next connect.
+only once however many clients want it); if the command's probability is worth the item's size
+(foresight.push_rule), it pushes it to the client's agent when it is connected and does not
+already hold that version, or keeps it for the agent's next connect.
 Content updates reach every agent holding an older version. Nothing here knows about HTTP or
 WebSockets: `consumers.server` wires it to them.
 """
@@ -22,6 +23,7 @@ from consumers.fetcher import Fetcher, FetchFailed, FetchRefused
 from consumers.metrics import CLICK_TO_PUSH_SECONDS, FETCH_SECONDS, PUSHES
 from consumers.sessions import AgentSession, SessionRegistry
 from consumers.store import ContentStore, StoredVersion
+from foresight.push_rule import worth_its_bytes
 from schemas import ContentUpdate, PrefetchCommand
 from schemas.protocol import Push, Update, encode_message
 
@@ -38,6 +40,7 @@ class NodeCounters:
     fetches: int = 0
     pushes: int = 0
     already_held: int = 0
+    not_worth_bytes: int = 0
     pending: int = 0
     updates: int = 0
     store_failures: int = 0
@@ -79,8 +82,11 @@ class CacheNode:
         sessions: SessionRegistry,
         *,
         seen_commands: int = 100_000,
+        push_bytes_per_odds: float | None = None,
     ) -> None:
         self.node_id = node_id
+        # K of the push rule (foresight.push_rule); None: every commanded item is pushed.
+        self.push_bytes_per_odds = push_bytes_per_odds
         self.store = store
         self.fetcher = fetcher
         self.sessions = sessions
@@ -207,6 +213,10 @@ class CacheNode:
             self.counters.fetch_failures += 1
             log.warning("fetch failed for %s: %s", command.content_id, exc)
             return "fetch-failed"
+        # Only here is the size known: the worker predicts without it.
+        if not worth_its_bytes(command.probability, item.size, self.push_bytes_per_odds):
+            self.counters.not_worth_bytes += 1
+            return "not-worth-bytes"
         return await self.deliver(command.client_id, item, command=command)
 
     async def deliver(
@@ -264,6 +274,7 @@ class CacheNode:
                     pushed_at=now,
                     command_id=command.command_id if command else None,
                     probability=command.probability if command else None,
+                    event_ts=command.event_ts if command else None,
                 )
             )
         if not session.offer(frame):

@@ -285,7 +285,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         http,
     )
     store = await asyncio.to_thread(ContentStore, session, settings.cassandra_keyspace)
-    process.node = CacheNode(process.config.node_id, store, fetcher, process.sessions)
+    process.node = CacheNode(
+        process.config.node_id,
+        store,
+        fetcher,
+        process.sessions,
+        push_bytes_per_odds=settings.push_bytes_per_odds,
+    )
     process.ring.start()
     process.announce("up")
     await asyncio.to_thread(process.ring.wait_caught_up, 30.0)

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ReplicationStrategy = Literal["SimpleStrategy", "NetworkTopologyStrategy"]
+LogFormat = Literal["text", "json"]
 
 
 class Settings(BaseSettings):
@@ -244,7 +245,27 @@ class Settings(BaseSettings):
         description="This worker's number on its host: picks its web port and data folder "
         "(FORESIGHT_WORKER_ID).",
     )
-    top_k: int = Field(5, ge=1, le=100, description="Predictions per client (FORESIGHT_TOP_K).")
+    top_k: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Predictions per client that the online HR@k scores and /clients shows "
+        "(FORESIGHT_TOP_K).",
+    )
+    prefetch_top_k: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="Predictions per click the prefetch planner considers, apart from the "
+        "scored top_k (FORESIGHT_PREFETCH_TOP_K).",
+    )
+    push_bytes_per_odds: float | None = Field(
+        700_000.0,
+        gt=0,
+        description="K of the cache node's push rule: an item of s bytes with probability p "
+        "is pushed only if p / (1 - p) >= s / K; empty or none means no rule "
+        "(FORESIGHT_PUSH_BYTES_PER_ODDS).",
+    )
     prefetch_ttl_s: float = Field(
         600.0,
         gt=0,
@@ -261,6 +282,11 @@ class Settings(BaseSettings):
         gt=0,
         description="A cache node without a heartbeat for this long leaves the ring "
         "(FORESIGHT_RING_HEARTBEAT_TIMEOUT_S).",
+    )
+    log_format: LogFormat = Field(
+        "text",
+        description="How long-running processes write their log lines: one readable line each "
+        "(text) or one JSON object per line (json) (FORESIGHT_LOG_FORMAT).",
     )
 
     # --- Local services ----------------------------------------------------------------------
@@ -291,6 +317,13 @@ class Settings(BaseSettings):
         description="How long `services up` waits for a service to answer "
         "(FORESIGHT_SERVICES_START_TIMEOUT_S).",
     )
+
+    @field_validator("push_bytes_per_odds", mode="before")
+    @classmethod
+    def _none_spelled_out(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        return value
 
     @field_validator("state_dir", "cache_dir")
     @classmethod
@@ -330,7 +363,9 @@ class Settings(BaseSettings):
                 value = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
             elif isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            if value is not None:
+            if value is None and type(self).model_fields[name].default is not None:
+                env[f"FORESIGHT_{name.upper()}"] = ""  # unset would mean the default
+            elif value is not None:
                 text = json.dumps(value) if isinstance(value, dict | list) else str(value)
                 env[f"FORESIGHT_{name.upper()}"] = text
         return env

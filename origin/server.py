@@ -20,7 +20,14 @@ from typing import Any, Protocol
 
 from aiohttp import hdrs, web
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from foresight.kafka import producer_config
 from foresight.settings import Settings
@@ -170,6 +177,17 @@ class OriginMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.publishing = Gauge(
+            "foresight_origin_updates_unacked",
+            "Content updates handed to the publisher and not yet acked or refused",
+            registry=self.registry,
+        )
+        self.publish_seconds = Histogram(
+            "foresight_origin_publish_seconds",
+            "From a bump's content update being handed to the publisher to Kafka's answer",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+            registry=self.registry,
+        )
 
 
 CONFIG = web.AppKey("config", OriginConfig)
@@ -263,7 +281,8 @@ async def bump_content(request: web.Request) -> web.Response:
     )
     metrics = request.app[METRICS]
     try:
-        await request.app[PUBLISHER].publish(update)
+        with metrics.publishing.track_inprogress(), metrics.publish_seconds.time():
+            await request.app[PUBLISHER].publish(update)
     except PublishFailed as exc:
         metrics.bumps.labels(outcome="unpublished").inc()
         log.warning(

@@ -3,6 +3,8 @@
 The body is a JSON array or NDJSON. Valid events are published (and acked by Kafka) even when
 others in the same batch are invalid; each invalid one goes to the dead-letter topic with its
 reason and is listed in the 400 answer. 202 means every event of the batch was acked.
+GET /metrics counts requests by status, events in by validity, records out and refused by
+topic, dead letters, the records still waiting for Kafka's ack, and how long batches wait.
 """
 
 from __future__ import annotations
@@ -11,21 +13,94 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
 from confluent_kafka import KafkaError, Message
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from foresight.settings import Settings
-from producers.publisher import InteractionPublisher
+from producers.publisher import DeliveryCallback, InteractionPublisher
 from schemas import Interaction, InvalidRecord, convert, decode
 
 log = logging.getLogger(__name__)
 
-PUBLISHER = web.AppKey("publisher", InteractionPublisher)
+
+class EventPublisher(Protocol):
+    """The part of :class:`InteractionPublisher` the collector uses (with per-record acks)."""
+
+    topic: str
+    dead_letter_topic: str
+
+    def publish(self, event: Interaction, on_delivery: DeliveryCallback | None = None) -> None: ...
+
+    def reject(
+        self, raw: Any, reason: str, on_delivery: DeliveryCallback | None = None
+    ) -> None: ...
+
+
+class CollectorMetrics:
+    """The collector's Prometheus metrics, in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "foresight_collector_requests",
+            "POST /v1/events requests, by answer status",
+            ["status"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "foresight_collector_events",
+            "Events received in batches, by outcome: valid (published) or invalid",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "foresight_collector_dead_letters",
+            "Invalid events sent to the dead-letter topic, by the topic they were meant for",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.delivered = Counter(
+            "foresight_collector_delivered",
+            "Records Kafka acked, by topic (the events topic or its dead-letter topic)",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "foresight_collector_delivery_failures",
+            "Records Kafka refused or did not ack in time, by topic",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.unacked = Gauge(
+            "foresight_collector_unacked_records",
+            "Records handed to the Kafka producer and not yet acked or refused",
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "foresight_collector_batch_ack_seconds",
+            "From a batch's arrival to Kafka's answer for its last record",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+            registry=self.registry,
+        )
+
+
+PUBLISHER = web.AppKey[EventPublisher]("publisher")
 SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", CollectorMetrics)
 
 
 def split_body(body: bytes, content_type: str) -> list[Any] | None:
@@ -50,8 +125,10 @@ def validate_item(item: Any) -> Interaction:
 
 
 async def post_events(request: web.Request) -> web.Response:
+    started = time.perf_counter()
     settings = request.app[SETTINGS]
     publisher = request.app[PUBLISHER]
+    metrics = request.app[METRICS]
     body = await request.read()  # aiohttp answers 413 past client_max_size
     items = split_body(body, request.content_type)
     if items is None:
@@ -71,14 +148,27 @@ async def post_events(request: web.Request) -> web.Response:
         if not future.done():
             future.set_result(outcome)
 
-    def acked(future: asyncio.Future[str | None]) -> Any:
+    def acked(future: asyncio.Future[str | None], topic: str) -> DeliveryCallback:
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            metrics.unacked.dec()
+            (metrics.delivered if err is None else metrics.refused).labels(topic).inc()
             loop.call_soon_threadsafe(settle, future, None if err is None else err.str())
 
         return on_delivery
 
+    def hand_over(
+        send: Callable[..., None], future: asyncio.Future[str | None], topic: str
+    ) -> None:
+        metrics.unacked.inc()  # before sending: the ack may come before send returns
+        try:
+            send(on_delivery=acked(future, topic))
+        except BaseException:
+            metrics.unacked.dec()
+            raise
+
     errors: list[dict[str, Any]] = []
     accepted = 0
+    dead_letters = publisher.dead_letter_topic
     for index, item in enumerate(items):
         future: asyncio.Future[str | None] = loop.create_future()
         acks.append(future)
@@ -86,11 +176,16 @@ async def post_events(request: web.Request) -> web.Response:
             event = validate_item(item)
         except InvalidRecord as exc:
             errors.append({"index": index, "reason": exc.reason})
-            publisher.reject(item, exc.reason, on_delivery=acked(future))
+            metrics.events.labels("invalid").inc()
+            hand_over(partial(publisher.reject, item, exc.reason), future, dead_letters)
+            metrics.dead_letters.labels(publisher.topic).inc()
             continue
-        publisher.publish(event, on_delivery=acked(future))
+        metrics.events.labels("valid").inc()
+        hand_over(partial(publisher.publish, event), future, publisher.topic)
         accepted += 1
     failures = [f for f in await asyncio.gather(*acks) if f is not None]
+    if acks:
+        metrics.batch_seconds.observe(time.perf_counter() - started)
     if failures:
         log.warning("collector: %d record(s) not acked by Kafka: %s", len(failures), failures[0])
         return web.json_response(
@@ -105,6 +200,32 @@ async def post_events(request: web.Request) -> web.Response:
 
 async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(request.app[METRICS].registry),
+        headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4},
+    )
+
+
+@web.middleware
+async def count_requests(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Count every POST /v1/events by its answer, including those aiohttp refuses (413)."""
+    if request.path != "/v1/events":
+        return await handler(request)
+    status = "error"
+    try:
+        response = await handler(request)
+        status = str(response.status)
+        return response
+    except web.HTTPException as exc:
+        status = str(exc.status)
+        raise
+    finally:
+        request.app[METRICS].requests.labels(status).inc()
 
 
 def _poller(publisher: InteractionPublisher, stop: threading.Event) -> None:
@@ -128,13 +249,21 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(publisher.close, 30.0)
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The collector application; the publisher lives as long as the app."""
-    app = web.Application(client_max_size=settings.collector_max_body_bytes)
+def create_app(settings: Settings, publisher: EventPublisher | None = None) -> web.Application:
+    """The collector application. Events go to ``publisher`` when one is given (the caller
+    owns it); otherwise to an InteractionPublisher that lives as long as the app."""
+    app = web.Application(
+        client_max_size=settings.collector_max_body_bytes, middlewares=[count_requests]
+    )
     app[SETTINGS] = settings
-    app.cleanup_ctx.append(_publisher_ctx)
+    app[METRICS] = CollectorMetrics()
+    if publisher is not None:
+        app[PUBLISHER] = publisher
+    else:
+        app.cleanup_ctx.append(_publisher_ctx)
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", prometheus)
     return app
 
 

@@ -62,7 +62,11 @@ def loads_record(data: bytes) -> ClientRecord:
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """``top_k`` predictions are scored (the online HR@k) and kept in the record; the planner
+    considers ``prefetch_k``, so prefetching can reach further without moving the metric."""
+
     top_k: int = 5
+    prefetch_k: int = 10
     command_ttl_s: float = 600.0
     model_name: str = MODEL_NAME
     planner: PlannerConfig = field(default_factory=PlannerConfig)
@@ -73,7 +77,7 @@ class Step:
     """What one interaction produced."""
 
     record: ClientRecord
-    predictions: list[tuple[str, float]]
+    predictions: list[tuple[str, float]]  # max(top_k, prefetch_k) of them, most likely first
     commands: list[tuple[int, PrefetchCommand]]  # (prefetch-commands partition, command)
     alert: SecurityAlert | None = None
     scored: bool = False  # the event was scored against the previous prediction
@@ -131,7 +135,7 @@ class Engine:
         # Then learn, then predict the next clicks.
         self.predictor.set_client_state(client, record.session)
         self.predictor.learn(client, event.content_id, event.ts)
-        predictions = self.predictor.predict(client, self.config.top_k)
+        predictions = self.predictor.predict(client, max(self.config.top_k, self.config.prefetch_k))
         session = self.predictor.client_state(client) or ClientState()
         self.predictor.forget(client)  # the table holds client state, not the predictor
 
@@ -145,7 +149,7 @@ class Engine:
         connection: Connection | None = ctx.connection if ctx is not None else None
         prefetched = {c: t for c, t in record.prefetched.items() if t > event.ts}
         planned = plan(
-            predictions,
+            predictions[: self.config.prefetch_k],
             record.planner_state(),
             now=event.ts,
             connection=connection,
@@ -181,7 +185,7 @@ class Engine:
             prefetched[decision.content_id] = expires
         new = ClientRecord(
             session=session,
-            last_prediction=[item for item, _ in predictions],
+            last_prediction=[item for item, _ in predictions[: self.config.top_k]],
             tokens=planned.state.tokens,
             counted_at=planned.state.counted_at,
             threshold_offset=planned.state.offset,
@@ -218,5 +222,9 @@ class Engine:
 def engine_for(settings: Settings) -> Engine:
     """A fresh engine as the worker makes it: the one place its parts and settings meet, so
     the offline simulation (streams.simulate) runs exactly the worker's step."""
-    config = EngineConfig(top_k=settings.top_k, command_ttl_s=settings.prefetch_ttl_s)
+    config = EngineConfig(
+        top_k=settings.top_k,
+        prefetch_k=settings.prefetch_top_k,
+        command_ttl_s=settings.prefetch_ttl_s,
+    )
     return Engine(Foresight(), config, guard=AbuseGuard())

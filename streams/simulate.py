@@ -13,15 +13,19 @@ replay would see it.
    into the cache. A pushed item's first request also sends ``hit`` feedback to
    :meth:`Engine.on_feedback`, before the click itself goes through
    :meth:`Engine.on_interaction` (every request, hit or miss, is learned). Each commanded item
-   the client does not hold yet is pushed into its cache, unused until requested.
+   whose probability is worth its size (:func:`foresight.push_rule.worth_its_bytes`, the cache
+   node's rule, with the point's K) and that the client does not hold yet is pushed into its
+   cache, unused until requested.
 3. Tally: sizes are the origin catalogue's (:func:`origin.catalog.spec_of`, the exact body size
    without rendering it). Wasted bytes are those of pushed items never requested.
 
-The threshold replaces the base threshold of the planner's default connection class (the
-yoochoose clicks carry no connection); the clients' feedback offsets still move it. Warming
-depends on neither the threshold nor ``top_k``, so :func:`sweep` reads and warms once and gives
-each point its own copy of the warm engine (a pickle round trip: 0.7 s; 20 to 27 s to warm
-on train_full); the model learns online, so every point is an independent, deterministic run.
+A :class:`Point` sets the base threshold of the planner's default connection class (the
+yoochoose clicks carry no connection; the clients' feedback offsets still move it), how many
+predictions the planner considers, and the push rule's K. The online HR@5 stays the top 5's.
+Warming depends on none of them (the predictor learns the same; no training client comes back
+in the test), so :func:`sweep` reads and warms once and gives each point its own copy of the
+warm engine (a pickle round trip: 0.7 s; 20 to 27 s to warm on train_full, then about 5 s a
+point); the model learns online, so every point is an independent, deterministic run.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from foresight.push_rule import worth_its_bytes
 from foresight.ring import HashRing, Member
 from foresight.settings import Settings
 from origin.catalog import spec_of
@@ -53,10 +58,23 @@ RING = HashRing([Member("simulated-node", slot=0)])
 
 
 @dataclass(frozen=True)
-class SimulationResult:
-    """What one replay of the test clicks gave, at one base threshold."""
+class Point:
+    """One configuration of the loop: the default class's base threshold, how many
+    predictions the planner considers, and the push rule's bytes per unit of odds (None: no
+    rule)."""
 
     threshold: float
+    prefetch_k: int
+    bytes_per_odds: float | None
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What one replay of the test clicks gave, at one :class:`Point`."""
+
+    threshold: float
+    prefetch_k: int
+    bytes_per_odds: float | None
     requests: int
     hits: int
     hit_ratio: float
@@ -64,6 +82,7 @@ class SimulationResult:
     hit_ratio_scored: float
     hr_at_5: float  # the engine's own online HR@5 over its scored clicks
     pushes: int
+    not_worth_bytes: int  # commands the push rule kept from being pushed
     prefetched_bytes: int
     requested_bytes: int
     wasted_bytes: int
@@ -72,7 +91,7 @@ class SimulationResult:
     blocked_steps: int  # clicks on which the abuse guard stopped the client's prefetches
     seconds: float = field(default=0.0, compare=False)
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | None]:
         return asdict(self)
 
 
@@ -133,12 +152,16 @@ def replay(
     clicks: Sequence[Click],
     *,
     first_offset: int,
+    bytes_per_odds: float | None = None,
     progress: Progress | None = None,
 ) -> SimulationResult:
-    """Replay ``clicks`` as requests of agents with empty caches; updates ``records``."""
+    """Replay ``clicks`` as requests of agents with empty caches; updates ``records``.
+
+    ``bytes_per_odds`` is the push rule's K, as the cache node applies it (None: no rule).
+    """
     caches: dict[str, set[str]] = {}  # client -> content it holds
     unused: dict[tuple[str, str], int] = {}  # (client, content) pushed, not requested -> size
-    hits = scored = top_hits = pushes = prefetched = requested = blocked = 0
+    hits = scored = top_hits = pushes = prefetched = requested = blocked = unworthy = 0
     for offset, click in enumerate(_reporting(clicks, progress), start=first_offset):
         _, client, item = click
         cache = caches.setdefault(client, set())
@@ -158,9 +181,12 @@ def replay(
         blocked += step.blocked
         for _, command in step.commands:
             content = command.content_id
-            if content not in cache:
+            size = content_size(content)
+            # The node's order: the push rule once it knows the size, then what the agent holds.
+            if not worth_its_bytes(command.probability, size, bytes_per_odds):
+                unworthy += 1
+            elif content not in cache:
                 cache.add(content)
-                size = content_size(content)
                 unused[(client, content)] = size
                 pushes += 1
                 prefetched += size
@@ -169,6 +195,8 @@ def replay(
     planner = engine.config.planner
     return SimulationResult(
         threshold=planner.thresholds[planner.default_connection],
+        prefetch_k=engine.config.prefetch_k,
+        bytes_per_odds=bytes_per_odds,
         requests=requests,
         hits=hits,
         hit_ratio=hits / max(1, requests),
@@ -176,6 +204,7 @@ def replay(
         hit_ratio_scored=hits / max(1, requests - first_requests),  # a first request never hits
         hr_at_5=top_hits / max(1, scored),
         pushes=pushes,
+        not_worth_bytes=unworthy,
         prefetched_bytes=prefetched,
         requested_bytes=requested,
         wasted_bytes=wasted,
@@ -196,18 +225,19 @@ def with_threshold(planner: PlannerConfig, threshold: float | None) -> PlannerCo
 def sweep(
     train_path: str | Path,
     test_path: str | Path,
-    thresholds: Sequence[float | None],
+    points: Sequence[Point | float | None],
     *,
-    top_k: int | None = None,
     planner: PlannerConfig | None = None,
     settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> list[SimulationResult]:
-    """One :class:`SimulationResult` per threshold (None: the shipped one), in that order.
+    """One :class:`SimulationResult` per point, in that order.
 
-    ``planner`` replaces the shipped PlannerConfig (the thresholds then override its default
-    class), ``top_k`` the worker's. ``progress(n)`` advances by clicks processed: the training
-    clicks once, then the test clicks once per threshold.
+    A float point is a base threshold with the shipped prefetch k and K, None the shipped
+    point: the planner's threshold and ``settings``' ``prefetch_top_k`` and
+    ``push_bytes_per_odds``. ``planner`` replaces the shipped PlannerConfig (a point's threshold
+    then overrides its default class). ``progress(n)`` advances by clicks processed: the
+    training clicks once, then the test clicks once per point.
     """
     settings = settings or Settings()
     train = replay_order(read_sessions(train_path))
@@ -220,20 +250,42 @@ def sweep(
     shipped = warm_engine.config
     base = planner or shipped.planner
     results = []
-    for threshold in thresholds:
+    for given in points:
+        point = _resolve(given, base, settings)
         started = time.perf_counter()
         engine: Engine = pickle.loads(frozen)
-        planned = with_threshold(base, threshold)
-        engine.config = replace(shipped, top_k=top_k or shipped.top_k, planner=planned)
+        engine.config = replace(
+            shipped,
+            prefetch_k=point.prefetch_k,
+            planner=with_threshold(base, point.threshold),
+        )
         result = replay(
             engine,
             dict(warm_records),  # records are replaced, never mutated: a shallow copy suffices
             test,
             first_offset=len(train),
+            bytes_per_odds=point.bytes_per_odds,
             progress=progress,
         )
         results.append(replace(result, seconds=time.perf_counter() - started))
     return results
+
+
+def shipped_point(settings: Settings, planner: PlannerConfig | None = None) -> Point:
+    """The point the worker and the cache nodes run with ``settings`` and ``planner``."""
+    planner = planner or PlannerConfig()
+    return Point(
+        planner.thresholds[planner.default_connection],
+        settings.prefetch_top_k,
+        settings.push_bytes_per_odds,
+    )
+
+
+def _resolve(point: Point | float | None, planner: PlannerConfig, settings: Settings) -> Point:
+    if isinstance(point, Point):
+        return point
+    shipped = shipped_point(settings, planner)
+    return shipped if point is None else replace(shipped, threshold=point)
 
 
 def simulate(
@@ -241,19 +293,17 @@ def simulate(
     test_path: str | Path,
     *,
     threshold: float | None = None,
-    top_k: int | None = None,
+    prefetch_k: int | None = None,
     planner: PlannerConfig | None = None,
     settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> SimulationResult:
-    """Warm on ``train_path``, replay ``test_path`` at ``threshold`` (None: the shipped one)."""
+    """Warm on ``train_path``, replay ``test_path`` at ``threshold`` and ``prefetch_k`` (None:
+    the shipped ones) with the push rule of ``settings``."""
+    settings = settings or Settings()
+    shipped = _resolve(threshold, planner or PlannerConfig(), settings)
+    point = replace(shipped, prefetch_k=prefetch_k or shipped.prefetch_k)
     (result,) = sweep(
-        train_path,
-        test_path,
-        [threshold],
-        top_k=top_k,
-        planner=planner,
-        settings=settings,
-        progress=progress,
+        train_path, test_path, [point], planner=planner, settings=settings, progress=progress
     )
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import NoReturn
 
 import click
@@ -28,3 +29,13 @@ def settings_of(ctx: click.Context) -> Settings:
     settings = ctx.find_root().obj
     assert isinstance(settings, Settings)
     return settings
+
+
+def log_as_service(ctx: click.Context) -> None:
+    """A long-running process logs each event worth noting at INFO (everything with -v), one
+    line each, as FORESIGHT_LOG_FORMAT says. Call it after the start-up checks, so that a
+    service that is down is still one line, not the clients' retry chatter."""
+    from foresight.logs import configure
+
+    verbose = bool(ctx.find_root().params.get("verbose"))
+    configure(settings_of(ctx).log_format, logging.DEBUG if verbose else logging.INFO)

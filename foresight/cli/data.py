@@ -18,7 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from foresight.cli.common import console, fail, settings_of
+from foresight.cli.common import console, fail, log_as_service, settings_of
 from foresight.settings import Settings
 
 T = TypeVar("T")
@@ -206,6 +206,7 @@ def collector_command(ctx: click.Context, port: int | None) -> None:
     if port is not None:
         settings = settings.model_copy(update={"collector_port": port})
     require_topics(settings, [settings.topic_interactions])
+    log_as_service(ctx)
     console.print(
         f"collector on http://{settings.collector_host}:{settings.collector_port}/v1/events"
     )

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from foresight.cli.common import console, fail, settings_of
+from foresight.cli.common import console, fail, log_as_service, settings_of
 
 
 @click.command("origin")
@@ -21,6 +21,7 @@ def origin_command(ctx: click.Context, port: int | None) -> None:
     if port is not None:
         settings = settings.model_copy(update={"origin_port": port})
     require_topics(settings, [settings.topic_content_updates])
+    log_as_service(ctx)
     console.print(
         f"origin on http://{settings.origin_host}:{settings.origin_port}/content/{{content_id}}"
     )
@@ -100,6 +101,7 @@ def cache_node_command(ctx: click.Context, node_id: int, port: int | None, host:
             settings.topic_feedback,
         ],
     )
+    log_as_service(ctx)
     from consumers.server import NodeConfig, run
 
     config = NodeConfig(

@@ -42,10 +42,13 @@ def worker_command(ctx: click.Context, worker_id: int | None, loglevel: str) -> 
     )
     import faust
 
+    from foresight.logs import dict_config
     from streams.app import app
 
     sys.argv = [sys.argv[0]]  # Faust's worker reads argv; ours are already parsed
-    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+    # Faust sets logging up itself when it starts: hand it our handler and format.
+    logging_config = dict_config(settings.log_format, loglevel)
+    faust.Worker(app, loglevel=loglevel, logging_config=logging_config).execute_from_commandline()
 
 
 @click.command("eval")

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
+
 from foresight.ring import HashRing, Member
+from foresight.settings import Settings
 from producers.datasets import read_yoochoose
 from schemas import Context, Feedback, Interaction
-from streams.engine import ClientRecord, Engine, dumps_record, loads_record
+from streams.engine import (
+    ClientRecord,
+    Engine,
+    EngineConfig,
+    dumps_record,
+    engine_for,
+    loads_record,
+)
 from streams.guard import AbuseGuard
+from streams.planner import PlannerConfig
 from streams.predictor import Foresight
 
 RING = HashRing([Member("a", slot=1), Member("b", slot=4), Member("c", slot=6)])
@@ -115,3 +126,70 @@ def test_the_record_round_trips_through_bytes() -> None:
     data = dumps_record(step.record)
     assert loads_record(data) == step.record
     assert len(data) < 2048
+
+
+def _fan_out(engine: Engine, successors: int = 8) -> None:
+    """Sessions going from a to one of ``successors`` items, the earlier ones more often."""
+    n = 0
+    for i in range(successors):
+        for _ in range(2 * (successors - i)):
+            engine.predictor.learn(f"fan-{n}", "a", 1000.0 + 100 * n)
+            engine.predictor.learn(f"fan-{n}", f"b{i}", 1010.0 + 100 * n)
+            n += 1
+
+
+EAGER = PlannerConfig(
+    thresholds={"4g": 0.0, "3g": 0.0, "2g": 0.0, "slow-2g": 0.0}, budget_bytes_per_minute=None
+)
+
+
+def test_the_planner_reaches_prefetch_k_deep_while_scoring_stays_at_top_k() -> None:
+    engine = Engine(Foresight(), EngineConfig(top_k=2, prefetch_k=6, planner=EAGER))
+    _fan_out(engine)
+    step = engine.on_interaction(_click("c6", "a", 9e4, 1), None, RING, 0, 1)
+    ranked = [item for item, _ in step.predictions]
+    assert len(ranked) == 6
+    assert step.record.last_prediction == ranked[:2]  # only the scored top k is kept
+    commanded = {c.content_id: c.rank for _, c in step.commands}
+    assert max(commanded.values()) > 2, "items past the scored top k are prefetched"
+    # A click on a prefetched item ranked past the top k is not a hit of the online HR@k ...
+    deep = next(item for item, rank in commanded.items() if rank > 2)
+    miss = engine.on_interaction(_click("c6", deep, 9e4 + 5, 2), step.record, RING, 0, 2)
+    assert miss.scored and not miss.hit and miss.record.hits == 0
+    # ... and one on the top prediction is.
+    hit = engine.on_interaction(_click("c6", ranked[0], 9e4 + 5, 2), step.record, RING, 0, 2)
+    assert hit.scored and hit.hit
+
+
+def test_a_prefetch_k_below_top_k_prefetches_only_that_deep() -> None:
+    engine = Engine(Foresight(), EngineConfig(top_k=5, prefetch_k=1, planner=EAGER))
+    _fan_out(engine)
+    step = engine.on_interaction(_click("c7", "a", 9e4, 1), None, RING, 0, 1)
+    assert len(step.predictions) == len(step.record.last_prediction) == 5
+    assert [c.rank for _, c in step.commands] == [1]
+
+
+def test_engine_for_wires_both_ks_from_the_settings() -> None:
+    engine = engine_for(Settings(top_k=5, prefetch_top_k=12))
+    assert (engine.config.top_k, engine.config.prefetch_k) == (5, 12)
+    assert engine_for(Settings()).config.top_k == 5  # the replay's online HR@5
+
+
+def test_a_record_stored_before_prefetch_k_existed_still_loads() -> None:
+    stored = msgspec.msgpack.encode(
+        {
+            "session": [["a", "b"], 12.5],
+            "last_prediction": ["c", "d", "e", "f", "g"],
+            "tokens": 1.0e6,
+            "counted_at": 12.5,
+            "threshold_offset": -0.01,
+            "prefetched": {"c": 612.5},
+            "partition": 3,
+            "offset": 41,
+            "events": 2,
+            "hits": 1,
+        }
+    )
+    record = loads_record(stored)
+    assert record.last_prediction == ["c", "d", "e", "f", "g"] and record.hits == 1
+    assert record.session.items == ["a", "b"] and record.prefetched == {"c": 612.5}

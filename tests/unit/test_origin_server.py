@@ -288,6 +288,52 @@ async def test_each_app_counts_on_its_own(make_client: MakeClient) -> None:
     assert requests_counted(await (await second.get("/metrics")).text()) == {}
 
 
+class GatedPublisher:
+    """Stands in for a Kafka that answers only when the test says so."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def publish(self, update: ContentUpdate) -> None:
+        self.started.set()
+        await self.answer.wait()
+
+
+def sample(metrics_text: str, name: str) -> float:
+    """The value of the one unlabelled sample called ``name``."""
+    for family in text_string_to_metric_families(metrics_text):
+        for found in family.samples:
+            if found.name == name:
+                return found.value
+    raise AssertionError(f"no sample {name}")
+
+
+async def test_metrics_show_updates_waiting_for_kafka_and_how_long_they_took(
+    make_client: MakeClient,
+) -> None:
+    publisher = GatedPublisher()
+    client = await make_client(TEST_CONFIG, publisher)
+    bump = asyncio.create_task(client.post("/admin/content/5/bump"))
+    await publisher.started.wait()
+    during = await (await client.get("/metrics")).text()
+    assert sample(during, "foresight_origin_updates_unacked") == 1
+    assert sample(during, "foresight_origin_publish_seconds_count") == 0
+    publisher.answer.set()
+    assert (await bump).status == 200
+    after = await (await client.get("/metrics")).text()
+    assert sample(after, "foresight_origin_updates_unacked") == 0
+    assert sample(after, "foresight_origin_publish_seconds_count") == 1
+
+
+async def test_a_refused_update_is_timed_too(make_client: MakeClient) -> None:
+    client = await make_client(TEST_CONFIG, RefusingPublisher())
+    assert (await client.post("/admin/content/5/bump")).status == 503
+    after = await (await client.get("/metrics")).text()
+    assert sample(after, "foresight_origin_updates_unacked") == 0
+    assert sample(after, "foresight_origin_publish_seconds_count") == 1
+
+
 @pytest.mark.parametrize(
     ("headers", "purpose"),
     [

@@ -18,7 +18,8 @@ from streams.planner import (
     threshold,
 )
 
-PREDICTIONS = [("a", 0.7), ("b", 0.5), ("c", 0.35), ("d", 0.2), ("e", 0.05)]
+PREDICTIONS = [("a", 0.7), ("b", 0.5), ("c", 0.35), ("d", 0.2), ("e", 0.01)]
+CLASSES: list[Connection] = ["4g", "3g", "2g", "slow-2g"]
 NO_BUDGET = PlannerConfig(budget_bytes_per_minute=None)
 
 
@@ -27,9 +28,10 @@ def prefetched(decisions: Sequence[Decision]) -> list[str]:
 
 
 def test_slower_links_prefetch_strictly_less() -> None:
+    predictions = [(f"at-{c}", THRESHOLDS[c]) for c in reversed(CLASSES)]
     counts = []
-    for connection in ("4g", "3g", "2g", "slow-2g"):
-        result = plan(PREDICTIONS, PlannerState(), now=0.0, connection=connection, config=NO_BUDGET)
+    for connection in CLASSES:
+        result = plan(predictions, PlannerState(), now=0.0, connection=connection, config=NO_BUDGET)
         counts.append(len(result.decisions))
         assert result.threshold == THRESHOLDS[connection]
     assert counts == sorted(counts, reverse=True)

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+import streams.simulate
+from foresight.settings import Settings
 from schemas import Feedback
 from streams.engine import ClientRecord, Engine
 from streams.planner import THRESHOLDS
-from streams.simulate import content_size, simulate, sweep
+from streams.simulate import Point, content_size, simulate, sweep
 
 HEADER = "SessionId\tItemId\tTime\n"
 OFF = 0.99  # the planner's ceiling: no calibrated probability here reaches it
@@ -91,7 +93,7 @@ def test_the_same_inputs_give_the_same_numbers_and_points_are_independent(
 
 
 def test_as_dict_names_every_measure(chain: tuple[Path, Path]) -> None:
-    result = simulate(*chain, threshold=OFF, top_k=3)
+    result = simulate(*chain, threshold=OFF, prefetch_k=3)
     numbers = result.as_dict()
     assert (numbers["requests"], numbers["hits"]) == (result.requests, result.hits) == (16, 0)
     assert set(numbers) >= {
@@ -102,12 +104,16 @@ def test_as_dict_names_every_measure(chain: tuple[Path, Path]) -> None:
         "hit_ratio_scored",
         "hr_at_5",
         "pushes",
+        "not_worth_bytes",
         "prefetched_bytes",
         "requested_bytes",
         "wasted_bytes",
         "wasted_per_requested_byte",
         "threshold",
+        "prefetch_k",
+        "bytes_per_odds",
     }
+    assert (numbers["prefetch_k"], numbers["threshold"]) == (3, OFF)
 
 
 def test_the_first_request_of_each_pushed_item_sends_one_hit_feedback(
@@ -124,3 +130,48 @@ def test_the_first_request_of_each_pushed_item_sends_one_hit_feedback(
     result = simulate(*chain, threshold=ON)
     expected = [(str(n), item, "hit") for n in range(1000, 1005) for item in ("p/b", "p/c")]
     assert sorted(sent) == expected and result.hits == len(expected)
+
+
+def test_a_point_left_out_takes_the_shipped_k_and_push_rule_from_the_settings(
+    chain: tuple[Path, Path],
+) -> None:
+    settings = Settings(prefetch_top_k=3, push_bytes_per_odds=123_456.0)
+    (shipped,) = sweep(*chain, [None], settings=settings)
+    assert (shipped.threshold, shipped.prefetch_k) == (THRESHOLDS["4g"], 3)
+    assert shipped.bytes_per_odds == 123_456.0
+    given = sweep(*chain, [Point(ON, 7, None)], settings=settings)[0]
+    assert (given.threshold, given.prefetch_k, given.bytes_per_odds) == (ON, 7, None)
+
+
+def test_the_push_rule_keeps_commanded_items_from_being_pushed(chain: tuple[Path, Path]) -> None:
+    free, stingy, lavish = sweep(
+        *chain, [Point(ON, 5, None), Point(ON, 5, 1.0), Point(ON, 5, 1e15)]
+    )
+    assert free.pushes > 0 and free.not_worth_bytes == 0
+    # At one byte per unit of odds no item of 2 KiB or more is worth pushing.
+    assert stingy.pushes == stingy.prefetched_bytes == stingy.hits == 0
+    assert stingy.not_worth_bytes > 0
+    assert stingy.hit_ratio < free.hit_ratio
+    # A K so large that every item is worth it pushes exactly what no rule does.
+    assert (lavish.pushes, lavish.hits, lavish.wasted_bytes) == (
+        free.pushes,
+        free.hits,
+        free.wasted_bytes,
+    )
+
+
+def test_the_push_step_asks_the_cache_nodes_rule_with_the_items_size(
+    chain: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[tuple[float, int, float | None]] = []
+
+    def only_b(probability: float, size: int, bytes_per_odds: float | None) -> bool:
+        asked.append((probability, size, bytes_per_odds))
+        return size == content_size("p/b")
+
+    monkeypatch.setattr(streams.simulate, "worth_its_bytes", only_b)
+    result = sweep(*chain, [Point(ON, 5, 5e5)])[0]
+    assert asked and all(k == 5e5 for _, _, k in asked)
+    assert content_size("p/c") in {size for _, size, _ in asked}
+    assert result.hits == 5  # b was pushed to each chain session, c never
+    assert result.not_worth_bytes == sum(size != content_size("p/b") for _, size, _ in asked)
