@@ -10,6 +10,7 @@ commands to the prefetch-commands partition of the client's owner in the ring.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -27,6 +28,7 @@ from streams import metrics
 from streams.engine import ClientRecord, dumps_record, engine_for, loads_record
 from streams.guard import dumps as guard_dumps
 from streams.guard import loads as guard_loads
+from streams.planner import refill, threshold
 from streams.predictor import dumps_global_state, loads_global_state
 from streams.snapshots import SnapshotStore
 from streams.transport import App
@@ -279,19 +281,61 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/clients/{client_id}")
     async def client_view(web: Any, request: Any, client_id: str) -> Any:
+        """What the worker knows of one client now: `foresight inspect client` shows it."""
         record = record_of(client_id.encode())
         if record is None or not owned_here(record):
             return web.json({"client_id": client_id, "known": False}, status=404)
-        predictions = runtime.engine.predictions_for(client_id, record)
+        config = runtime.engine.config
+        planner = config.planner
+        now = time.time()
+        explained = runtime.predictor.explain_session(record.session, config.top_k)
+        state = record.planner_state()
+        bucket = refill(state, now, planner)
+        budget = planner.budget_bytes_per_minute
+        session = record.session
+        newest_first = list(reversed(session.items))
         return web.json(
             {
                 "client_id": client_id,
                 "known": True,
+                "at": now,
                 "events": record.events,
                 "hits": record.hits,
-                "last_items": record.session.items[-10:],
-                "predictions": [[item, p] for item, p in predictions],
+                "last_items": session.items[-10:],
+                # The record keeps the session's clicks and the time of the last one only.
+                "last_events": [
+                    {"content_id": item, "ts": session.last_ts if n == 0 else None}
+                    for n, item in enumerate(newest_first)
+                ],
+                # Now, from the global signals as they are now; last_prediction was made at
+                # the client's last event (and planned the prefetches).
+                "predictions": [[e.content_id, e.probability] for e in explained],
+                "top_k": [dataclasses.asdict(e) for e in explained],
+                "last_prediction": record.last_prediction,
+                "threshold": {
+                    "value": threshold(state, None, planner),
+                    "connection": planner.default_connection,
+                    "base": planner.thresholds[planner.default_connection],
+                    "offset": record.threshold_offset,
+                },
                 "threshold_offset": record.threshold_offset,
+                "budget": {
+                    "tokens": bucket.tokens,
+                    "capacity": None if budget is None else float(budget),
+                    "refill_per_s": None if budget is None else budget / 60.0,
+                },
+                "prefetched": [
+                    {"content_id": item, "expires_at": expires}
+                    for item, expires in sorted(record.prefetched.items(), key=lambda p: p[1])
+                    if expires > now
+                ],
+                "worker": {
+                    "id": settings.worker_id,
+                    "group": settings.worker_group,
+                    "topic": settings.topic_interactions,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
                 "partition": record.partition,
                 "offset": record.offset,
             }

@@ -248,6 +248,44 @@ def candidates(signals: GlobalSignals, state: ClientState, config: ForesightConf
 _RECENT = {rank: f"recent_{rank}" for rank in range(1, 6)}
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """Why ``content_id`` is at ``rank`` of a client's top k, as :meth:`Foresight.explain`
+    reads it off the models without changing them.
+
+    ``ranking`` says what ordered the items: ``"re-ranker"`` (River's logit over the candidate
+    features), ``"blend"`` (the fixed blend, ``rerank=False``) or ``"popularity"`` (a client
+    with no session yet). ``sources`` holds the fixed blend's terms, which sum to ``blend`` and
+    chose the candidate pool; ``signals`` the raw signal values behind them (rule shares, the
+    share of the most popular item's score, the item's place in the session, 1 = the last
+    click); ``ranker`` and ``calibration`` each model's weight times input per feature plus its
+    ``intercept``: ``ranker`` sums to ``score``, and ``calibration`` sums to the log-odds of
+    ``calibrated``. ``probability`` is what :meth:`Foresight.predict` returns: ``calibrated``
+    capped by the items ranked above, so probabilities follow the ranking.
+    """
+
+    content_id: str
+    rank: int
+    probability: float
+    calibrated: float
+    score: float
+    share: float
+    blend: float
+    ranking: str
+    sources: dict[str, float]
+    signals: dict[str, float]
+    ranker: dict[str, float]
+    calibration: dict[str, float]
+
+
+def _contributions(model: Any, x: dict[str, float]) -> dict[str, float]:
+    """A River linear model's weight times value per feature, and its intercept."""
+    weights = model.weights
+    parts = {name: weights.get(name, 0.0) * value for name, value in x.items()}
+    parts["intercept"] = float(model.intercept)
+    return parts
+
+
 class Foresight:
     """The predictor: per-client sessions over shared :class:`GlobalSignals`.
 
@@ -313,12 +351,18 @@ class Foresight:
         last = self._last
         if last is not None and last[0] == client_id and last[1] == self.signals.events:
             return last[2]
+        ranked = self.rank(state)
+        self._last = (client_id, self.signals.events, ranked)
+        return ranked
+
+    def rank(self, state: ClientState) -> Scored:
+        """A session's candidate pool as :meth:`predict` ranks it (needs a click; changes
+        nothing, caches nothing)."""
         ranked = candidates(self.signals, state, self.config)
         if self.config.rerank:
             logit = ranker_logit(self.signals.ranker)
             ranked = [(item, logit(x), x) for item, _, x in ranked]
             ranked.sort(key=_by_score)
-        self._last = (client_id, self.signals.events, ranked)
         return ranked
 
     def _learn_ranking(self, ranked: Scored, actual: str) -> None:
@@ -339,6 +383,76 @@ class Foresight:
     def _calibration(self, score: float, share: float) -> dict[str, float]:
         logit = score if self.config.rerank else math.log(score + 1e-4)
         return {"logit": logit, "log_share": math.log(share + 1e-6)}
+
+    def explain(self, client_id: str, k: int = 5) -> list[Explanation]:
+        """The client's :meth:`predict` top k, each with what every signal contributed."""
+        return self.explain_session(self.clients.get(client_id), k)
+
+    def explain_session(self, state: ClientState | None, k: int = 5) -> list[Explanation]:
+        """:meth:`explain` for a session kept outside the predictor (a worker's table)."""
+        if k <= 0:
+            return []
+        signals = self.signals
+        popularity = signals.popularity
+        if state is None or not state.items:
+            cold: list[Explanation] = []
+            for rank, item in enumerate(popularity.top(k), 1):
+                p = popularity.scores[item] / popularity.total
+                parts = {"popularity": p}
+                cold.append(
+                    Explanation(item, rank, p, p, p, p, 0.0, "popularity", parts, parts, {}, {})
+                )
+            return cold
+        config = self.config
+        ranked = self.rank(state)
+        shares = _shares(ranked, config.rerank)
+        popular = popularity.top(config.popular)
+        most = popularity.scores[popular[0]] if popular else 1.0
+        recent = list(reversed(state.items))
+        w_earlier, w_back, w_recency, w_pop = config.blend
+        ranking = "re-ranker" if config.rerank else "blend"
+        out: list[Explanation] = []
+        ceiling = 1.0
+        top = zip(ranked[:k], shares, strict=False)
+        for rank, ((item, score, x), share) in enumerate(top, 1):
+            calibration = self._calibration(score, share)
+            calibrated = signals.calibrator.predict_proba_one(calibration)[True]
+            ceiling = min(ceiling, calibrated)
+            pop = popularity.scores.get(item, 0.0)
+            position = recent.index(item) + 1 if item in recent else 0
+            sources = {
+                "sr": x["sr"],
+                "earlier": w_earlier * x["srs"],
+                "reverse": w_back * x["bk"],
+                "popularity": w_pop * pop / most,
+                "session": w_recency / position if position else 0.0,
+            }
+            raw = {
+                "sr": x["sr"],
+                "earlier": x["srs"],
+                "markov": x["mk"],
+                "reverse": x["bk"],
+                "popularity": pop / most,
+                "session_position": float(position),
+                "session_count": float(recent.count(item)),
+            }
+            out.append(
+                Explanation(
+                    content_id=item,
+                    rank=rank,
+                    probability=ceiling,
+                    calibrated=calibrated,
+                    score=score,
+                    share=share,
+                    blend=x["blend"],
+                    ranking=ranking,
+                    sources=sources,
+                    signals=raw,
+                    ranker=_contributions(signals.ranker, x) if config.rerank else {},
+                    calibration=_contributions(signals.calibrator, calibration),
+                )
+            )
+        return out
 
 
 def ranker_logit(model: Any) -> Callable[[dict[str, float]], float]:

@@ -29,6 +29,7 @@ from foresight.cli.delivery import (
     token_group,
 )
 from foresight.cli.demo import demo_command, replay_command
+from foresight.cli.inspect import inspect_group
 from foresight.cli.services import services_group
 from foresight.cli.streams import eval_command, worker_command
 from foresight.settings import Settings
@@ -73,6 +74,7 @@ cli.add_command(cache_node_command)
 cli.add_command(agent_command)
 cli.add_command(replay_command)
 cli.add_command(demo_command)
+cli.add_command(inspect_group)
 
 
 def main() -> None:

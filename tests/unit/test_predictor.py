@@ -292,3 +292,101 @@ def test_predictions_do_not_depend_on_the_hash_seed() -> None:
         return done.stdout.decode()
 
     assert run("1") == run("2")
+
+
+# Explanations: Foresight.explain reads the top k apart without changing anything.
+
+
+def _explained_replay(model: Foresight, events: list[Event]) -> list[list[tuple[str, float]]]:
+    """Like replay, but with every prediction explained (and its explanation checked)."""
+    seen: list[list[tuple[str, float]]] = []
+    for client, item, ts in events:
+        explained = model.explain(client, 5)
+        predicted = model.predict(client, 5)
+        assert [(e.content_id, e.probability) for e in explained] == predicted
+        seen.append(predicted)
+        model.learn(client, item, ts)
+    return seen
+
+
+@pytest.mark.parametrize("rerank", [True, False])
+def test_explaining_changes_no_prediction_and_no_model_state(rerank: bool) -> None:
+    events = browsing()
+    config = ForesightConfig(rerank=rerank)
+    explained, plain = Foresight(config), Foresight(config)
+    assert _explained_replay(explained, events) == replay(plain, events)
+    before = dumps_global_state(explained.signals)
+    for client in ("s0", "s75", "s149", "nobody"):
+        first = explained.predict(client, 20)
+        explained.explain(client, 20)
+        assert explained.predict(client, 20) == first == plain.predict(client, 20)
+    assert dumps_global_state(explained.signals) == before
+    assert explained.clients == plain.clients
+
+
+def test_each_of_the_top_k_says_what_every_signal_contributed() -> None:
+    model = Foresight()
+    replay(model, browsing())
+    model.learn("probe", "i3", 1e6)
+    model.learn("probe", "i4", 1e6 + 30)
+    explained = model.explain("probe", 5)
+    assert [e.rank for e in explained] == [1, 2, 3, 4, 5]
+    w_earlier, w_back, w_recency, _ = model.config.blend
+    for e in explained:
+        assert e.ranking == "re-ranker"
+        assert set(e.sources) == {"sr", "earlier", "reverse", "popularity", "session"}
+        assert {"sr", "earlier", "markov", "reverse", "popularity"} <= set(e.signals)
+        # Each part adds up to the number the predictor really used.
+        assert sum(e.sources.values()) == pytest.approx(e.blend, rel=1e-12)
+        assert sum(e.ranker.values()) == pytest.approx(e.score, rel=1e-9, abs=1e-12)
+        log_odds = sum(e.calibration.values())
+        assert 1.0 / (1.0 + math.exp(-log_odds)) == pytest.approx(e.calibrated, rel=1e-9)
+        assert set(e.calibration) == {"logit", "log_share", "intercept"}
+        assert 0.0 < e.probability <= e.calibrated <= 1.0
+        assert e.sources["earlier"] == pytest.approx(w_earlier * e.signals["earlier"])
+        assert e.sources["reverse"] == pytest.approx(w_back * e.signals["reverse"])
+        position = e.signals["session_position"]
+        assert e.sources["session"] == (w_recency / position if position else 0.0)
+    # The order is the re-ranker's: scores and probabilities fall with the rank.
+    scores = [e.score for e in explained]
+    assert scores == sorted(scores, reverse=True)
+    probabilities = [e.probability for e in explained]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert sum(e.share for e in explained) <= 1.0
+    # Where each item sits in the session (1 = the last click, 0 = not clicked).
+    session = {"i4": 1.0, "i3": 2.0}
+    positions = {e.content_id: e.signals["session_position"] for e in explained}
+    assert set(positions) & set(session), "a session item should rank"
+    assert positions == {item: session.get(item, 0.0) for item in positions}
+
+
+def test_without_the_reranker_the_blend_is_the_score_and_there_are_no_ranker_terms() -> None:
+    model = Foresight(ForesightConfig(rerank=False))
+    replay(model, browsing())
+    model.learn("probe", "i3", 1e6)
+    explained = model.explain("probe", 5)
+    assert explained
+    for e in explained:
+        assert e.ranking == "blend" and e.ranker == {}
+        assert e.score == e.blend == pytest.approx(sum(e.sources.values()), rel=1e-12)
+
+
+def test_a_client_without_a_session_is_explained_by_popularity_alone() -> None:
+    model = Foresight()
+    replay(model, browsing())
+    explained = model.explain("nobody", 3)
+    assert [(e.content_id, e.probability) for e in explained] == model.predict("nobody", 3)
+    assert all(e.ranking == "popularity" and e.ranker == {} for e in explained)
+    assert all(e.sources == {"popularity": e.probability} for e in explained)
+    assert model.explain("nobody", 0) == []
+
+
+def test_a_session_kept_elsewhere_is_explained_like_the_predictor_would() -> None:
+    model = Foresight()
+    replay(model, browsing())
+    model.learn("probe", "i7", 1e6)
+    inside = model.explain("probe", 5)
+    state = model.client_state("probe")
+    model.forget("probe")
+    assert model.explain_session(state, 5) == inside
+    assert model.explain_session(ClientState(), 5) == model.explain("nobody", 5)
