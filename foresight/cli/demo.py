@@ -168,7 +168,7 @@ def _common(command: Any) -> Any:
         click.option(
             "--speed",
             type=click.FloatRange(min=0.1),
-            default=20.0,
+            default=10.0,
             show_default=True,
             help="Divide the recorded gaps between a session's requests by this.",
         ),

@@ -73,7 +73,7 @@ class Progress(Protocol):
 class ReplayOptions:
     train: Path
     test: Path
-    speed: float = 20.0
+    speed: float = 10.0
     clients: int = 200
     max_gap_s: float = 2.0
     nodes: int = 2
@@ -166,6 +166,12 @@ class Replay:
     def stop_nodes(self) -> None:
         for n in range(self.options.nodes):
             self.stack.stop(f"node-{n}")
+
+    def keep_metrics(self, name: str, text: str) -> None:
+        """Keep a process's last /metrics page in the run folder, for a closer look."""
+        folder = self.options.run_dir / "metrics"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.prom").write_text(text)
 
     def worker_metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return read_metrics(http_text(f"{self.worker_url}/metrics"))
@@ -316,9 +322,11 @@ class Replay:
         for n, url in enumerate(self.node_urls):
             node = f"node-{n}"
             try:
-                values = read_metrics(http_text(f"{url}/metrics"))
+                text = http_text(f"{url}/metrics")
             except OSError:
-                values = {}
+                text = ""
+            self.keep_metrics(node, text)
+            values = read_metrics(text)
             load[node] = {
                 "ring_share": owners.count(node) / len(owners) if owners else 0.0,
                 "clients": float(self.tally.clients_by_node.get(node, 0)),
@@ -392,6 +400,7 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
                 )
                 online_hr = hits / scored if scored else None
                 load = run.node_load(sessions)
+                run.keep_metrics("worker", http_text(f"{run.worker_url}/metrics"))
                 if options.baseline:
                     run.stop_nodes()
                     base = run.settings.model_copy(
