@@ -29,6 +29,9 @@ from schemas.protocol import Push, Update, encode_message
 
 log = logging.getLogger(__name__)
 
+#: Cassandra writes a node lets run without waiting for them (see CacheNode._background).
+MAX_BACKGROUND_WRITES = 2000
+
 
 @dataclass
 class NodeCounters:
@@ -167,10 +170,15 @@ class CacheNode:
         self.bodies.put(item)
         # Pushing does not wait for Cassandra: the body is in memory, and the write (tracked,
         # awaited at shutdown by drain()) lands while the push is on its way.
-        self._background(self.store.put_version(item), f"put_version {content_id}")
+        await self._background(self.store.put_version(item), f"put_version {content_id}")
         return item
 
-    def _background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+    async def _background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run a Cassandra write without waiting for it; with MAX_BACKGROUND_WRITES already on
+        their way, wait for one of them first (so a slow Cassandra slows commands down rather
+        than letting writes pile up in memory)."""
+        while len(self._writes) >= MAX_BACKGROUND_WRITES:
+            await asyncio.wait(self._writes, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.create_task(work, name=what)
         self._writes.add(task)
         task.add_done_callback(self._write_done)
@@ -230,7 +238,10 @@ class CacheNode:
         """Push an item to the client's agent, or keep it for the agent's next connect."""
         session = self.sessions.get(client_id)
         if session is None:
-            await self.store.queue_pending(client_id, item.content_id, item.version)
+            await self._background(
+                self.store.queue_pending(client_id, item.content_id, item.version),
+                f"queue_pending {client_id} {item.content_id}",
+            )
             self.counters.pending += 1
             return "pending"
         if session.holdings.get(item.content_id, -1) >= item.version:
@@ -238,7 +249,11 @@ class CacheNode:
             return "already-held"
         if not self.push(session, item, command=command, previous_version=previous_version):
             return "agent-closed"
-        await self.store.record_holding(client_id, item)
+        # The agent's hello is the truth about what it holds; this row is for content updates
+        # and inspection, so the push does not wait for it.
+        await self._background(
+            self.store.record_holding(client_id, item), f"record_holding {client_id}"
+        )
         return "pushed"
 
     def push(

@@ -56,6 +56,25 @@ def migrate(settings: Settings) -> MigrationResult:
         cluster.shutdown()
 
 
+def drop_keyspaces(settings: Settings, prefix: str) -> list[str]:
+    """Drop every keyspace whose name starts with ``prefix`` (a run's or a test's own, never
+    a system one); return their names."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", prefix) or prefix.startswith("system"):
+        raise ValueError(f"refusing to drop keyspaces by prefix {prefix!r}")
+    cluster, session = connect(settings)
+    try:
+        names = [
+            row.keyspace_name
+            for row in session.execute("SELECT keyspace_name FROM system_schema.keyspaces")
+            if row.keyspace_name.startswith(prefix)
+        ]
+        for name in names:
+            session.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
+        return names
+    finally:
+        cluster.shutdown()
+
+
 def _migrate(session: Session, settings: Settings) -> MigrationResult:
     ks = settings.cassandra_keyspace  # an identifier checked by the settings' pattern
     exists = session.execute(

@@ -304,7 +304,10 @@ class Settings(BaseSettings):
         512, ge=128, description="Local Kafka JVM heap in MiB (FORESIGHT_KAFKA_HEAP_MB)."
     )
     cassandra_heap_mb: int = Field(
-        1024, ge=512, description="Local Cassandra JVM heap in MiB (FORESIGHT_CASSANDRA_HEAP_MB)."
+        2048,
+        ge=512,
+        description="Local Cassandra JVM heap in MiB; every keyspace's tables cost heap, and "
+        "1 GiB ran out under the test suite's keyspaces (FORESIGHT_CASSANDRA_HEAP_MB).",
     )
     cassandra_durable: bool = Field(
         False,

@@ -21,6 +21,7 @@ the worker processed over the pass (each request is exactly one interaction).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import logging
 import secrets
@@ -37,7 +38,7 @@ from pydantic import SecretStr
 
 from agents.sdk import Agent, AgentError
 from foresight import tokens
-from foresight.migrate import migrate
+from foresight.migrate import drop_keyspaces, migrate
 from foresight.replay.measure import Request, Tally, metric_sum, read_metrics, summarize, timeline
 from foresight.report import ReportData, write_report
 from foresight.ring import HashRing, Member
@@ -414,6 +415,10 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
     except KeyboardInterrupt:
         interrupted = True
         duration = time.monotonic() - began
+    finally:
+        # The run's keyspaces served only this run; their tables cost Cassandra heap.
+        with contextlib.suppress(Exception):
+            drop_keyspaces(run.settings, run.settings.cassandra_keyspace)
     if not interrupted:
         sweep = sweep_points(run.settings, options, progress)
     summary = summarize(

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from foresight.migrate import drop_keyspaces
 from foresight.settings import Settings
 from foresight.topics import admin_client, create_topics
 
@@ -45,14 +46,16 @@ def base_settings() -> Iterator[Settings]:
 
 
 @pytest.fixture
-def settings(base_settings: Settings) -> Settings:
-    """Settings with topic names and a keyspace of this test's own, topics created."""
+def settings(base_settings: Settings) -> Iterator[Settings]:
+    """Settings with topic names and a keyspace of this test's own, topics created; the
+    keyspace is dropped afterwards (each one's tables cost Cassandra heap)."""
     tag = uuid.uuid4().hex[:10]
     mine = base_settings.with_topic_prefix(f"t{tag}").model_copy(
         update={"cassandra_keyspace": f"t{tag}"}
     )
     create_topics(mine)
-    return mine
+    yield mine
+    drop_keyspaces(mine, f"t{tag}")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -114,6 +114,7 @@ async def test_an_unworthy_item_is_not_kept_for_an_absent_agent_either() -> None
     cache_node = node(store, Origin(), K)
     assert await cache_node.on_command(command("big", 0.2), now=200.0) == "not-worth-bytes"
     assert await cache_node.on_command(command("small", 0.2), now=200.0) == "pending"
+    await cache_node.drain()  # the pending row is written in the background
     assert store.pending == {CLIENT: {"small": 1}}
 
 
