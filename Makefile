@@ -59,6 +59,8 @@ bench: services-up ## Benchmarks: each prints one JSON object
 	$(BIN)/python bench/guard_fpr.py
 	$(BIN)/python bench/eval_yoochoose.py
 	$(BIN)/python bench/ring.py
+	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/sweep.py
 
 schemas: install ## Re-export the JSON Schemas from the records
 	$(FORESIGHT) schemas export
