@@ -32,3 +32,17 @@ CLICK_TO_PUSH_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 PUSHES = Counter("foresight_node_pushes_total", "Frames offered to agents", ["kind"])
+EVENTS_OUT = Counter(
+    "foresight_node_events_out_total",
+    "Records the node published: interactions (request, view), feedback, dead letters",
+    ["kind"],
+)
+DEAD_LETTERS = Counter(
+    "foresight_node_dead_letters_total", "Records sent to a dead-letter topic", ["topic"]
+)
+FEEDBACK = Counter(
+    "foresight_node_feedback_total", "Agent feedback relayed, by outcome", ["outcome"]
+)
+PRODUCER_QUEUE = Gauge(
+    "foresight_node_producer_queue", "Records waiting in the node's Kafka producer for an ack"
+)

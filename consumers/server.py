@@ -25,7 +25,17 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumers.fetcher import Fetcher, FetcherConfig, FetchFailed, FetchRefused
-from consumers.metrics import AGENTS, COMMANDS, QUEUED, REQUESTS, RING_MEMBERS
+from consumers.metrics import (
+    AGENTS,
+    COMMANDS,
+    DEAD_LETTERS,
+    EVENTS_OUT,
+    FEEDBACK,
+    PRODUCER_QUEUE,
+    QUEUED,
+    REQUESTS,
+    RING_MEMBERS,
+)
 from consumers.node import CacheNode
 from consumers.sessions import AgentSession, SessionRegistry
 from consumers.static import add_agent_routes
@@ -148,6 +158,7 @@ class NodeProcess:
             self.settings.topic_interactions, key=client_id.encode(), value=encode(event)
         )
         self.producer.poll(0)
+        EVENTS_OUT.labels(kind).inc()
 
     def relay_feedback(self, client_id: str, message: Feedback) -> None:
         record = FeedbackRecord(
@@ -162,6 +173,8 @@ class NodeProcess:
             self.settings.topic_feedback, key=client_id.encode(), value=encode(record)
         )
         self.producer.poll(0)
+        EVENTS_OUT.labels("feedback").inc()
+        FEEDBACK.labels(message.outcome).inc()
 
     def dead_letter(self, topic: str, msg: Any, reason: str) -> None:
         letter = DeadLetter(
@@ -176,6 +189,8 @@ class NodeProcess:
         )
         self.producer.produce(self.settings.dead_letter_topic(topic), value=encode(letter))
         self.producer.poll(0)
+        EVENTS_OUT.labels("dead-letter").inc()
+        DEAD_LETTERS.labels(topic).inc()
 
     # --- background loops -----------------------------------------------------------------
     async def consume_commands(self) -> None:
@@ -246,6 +261,7 @@ class NodeProcess:
             self.announce("up")
             AGENTS.set(len(self.sessions))
             RING_MEMBERS.set(len(self.ring.ring().members))
+            PRODUCER_QUEUE.set(len(self.producer))
             QUEUED.set(sum(s.queued for s in self.sessions.all()))
             await asyncio.sleep(HEARTBEAT_S)
 

@@ -197,6 +197,7 @@ def create_app(settings: Settings) -> faust.App:
             except Exception as exc:  # a bug must not lose the event: dead-letter it
                 log.exception("engine failed on %s", interaction.event_id)
                 await reject(settings.topic_interactions, message, f"engine error: {exc!r}")
+                metrics.EVENTS_IN.labels("interactions", "error").inc()
                 continue
             metrics.STEP_SECONDS.observe(time.perf_counter() - started)
             runtime.applied[message.partition] = message.offset
@@ -233,6 +234,7 @@ def create_app(settings: Settings) -> faust.App:
             key = item.client_id.encode()
             clients[key] = dumps_record(runtime.engine.on_feedback(item, record_of(key)))
             metrics.EVENTS_IN.labels("feedback", "ok").inc()
+            metrics.FEEDBACK.labels(item.outcome).inc()
 
     @app.task
     async def start_runtime() -> None:

@@ -40,3 +40,6 @@ CONSUME_LAG = Histogram(
     "From an interaction's Kafka timestamp to the worker starting on it",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+FEEDBACK = Counter(
+    "foresight_worker_feedback_total", "Agent feedback applied, by outcome", ["outcome"]
+)
