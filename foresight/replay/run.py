@@ -374,6 +374,7 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
     interrupted = False
     processed = 0
     online_hr: float | None = None
+    worker_lag_ms: float | None = None
     load: dict[str, dict[str, float]] = {}
     began = time.monotonic()
     try:
@@ -400,6 +401,10 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
                     before, "foresight_online_hits_total"
                 )
                 online_hr = hits / scored if scored else None
+                lag = "foresight_worker_consume_lag_seconds"
+                lagged = metric_sum(after, f"{lag}_count") - metric_sum(before, f"{lag}_count")
+                lag_s = metric_sum(after, f"{lag}_sum") - metric_sum(before, f"{lag}_sum")
+                worker_lag_ms = round(lag_s / lagged * 1000, 1) if lagged else None
                 load = run.node_load(sessions)
                 run.keep_metrics("worker", http_text(f"{run.worker_url}/metrics"))
                 if options.baseline:
@@ -435,6 +440,8 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
             "nodes": options.nodes,
             "sessions": len(sessions),
             "interrupted": interrupted,
+            # From a request's Kafka timestamp to the worker starting on it, mean over the pass.
+            "worker_consume_lag_ms": worker_lag_ms,
         },
     )
     report = ReportData(
