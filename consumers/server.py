@@ -60,6 +60,7 @@ from schemas import Feedback as FeedbackRecord
 from schemas.protocol import (
     WS_PATH,
     CloseCode,
+    Error,
     Feedback,
     Hello,
     Ping,
@@ -279,7 +280,7 @@ class NodeProcess:
                     )
                 )
             await asyncio.sleep(0)
-            session._shut(CloseCode.MOVED if url else CloseCode.GOING_AWAY, "node leaving")
+            session.shut(CloseCode.MOVED if url else CloseCode.GOING_AWAY, "node leaving")
 
 
 NODE = web.AppKey("node", NodeProcess)
@@ -391,7 +392,8 @@ async def agent_socket(request: web.Request) -> web.StreamResponse:
         return ws
     try:
         first = await ws.receive(timeout=HELLO_TIMEOUT_S)
-        hello = decode_from_agent(first.data) if first.type == WSMsgType.TEXT else None
+        readable = first.type in (WSMsgType.TEXT, WSMsgType.BINARY)
+        hello = decode_from_agent(first.data) if readable else None
     except (TimeoutError, InvalidRecord):
         hello = None
     if not isinstance(hello, Hello):
@@ -430,13 +432,23 @@ async def agent_socket(request: web.Request) -> web.StreamResponse:
         )
     )
     await process.node.deliver_pending(agent)
+    bad = 0
     try:
         async for frame in ws:
-            if frame.type != WSMsgType.TEXT:
+            if frame.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
             try:
                 message = decode_from_agent(frame.data)
-            except InvalidRecord:
+                if isinstance(message, Hello):
+                    raise InvalidRecord("hello after welcome")
+            except InvalidRecord as exc:
+                bad += 1
+                agent.offer(
+                    encode_message(Error(code=CloseCode.BAD_MESSAGE, reason=exc.reason[:1024]))
+                )
+                if bad > 10:
+                    agent.shut(CloseCode.BAD_MESSAGE, "too many bad frames")
+                    break
                 continue
             if isinstance(message, Feedback):
                 process.relay_feedback(claims.client_id, message)

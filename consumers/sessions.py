@@ -50,7 +50,7 @@ class AgentSession:
             self._outbox.put_nowait(frame)
         except asyncio.QueueFull:
             log.warning("agent %s is too slow: outbox full, closing", self.client_id)
-            self._shut(CloseCode.TRY_AGAIN_LATER, "too slow: outbox full")
+            self.shut(CloseCode.TRY_AGAIN_LATER, "too slow: outbox full")
             return False
         return True
 
@@ -69,11 +69,12 @@ class AgentSession:
                     self.client_id,
                     self.send_timeout_s,
                 )
-                self._shut(CloseCode.TRY_AGAIN_LATER, "too slow: send timed out")
+                self.shut(CloseCode.TRY_AGAIN_LATER, "too slow: send timed out")
             except (ConnectionError, RuntimeError):
                 self.closed = True
 
-    def _shut(self, code: int, reason: str) -> None:
+    def shut(self, code: int, reason: str) -> None:
+        """Close the connection with ``code`` (once; the sender stops)."""
         if self.closed:
             return
         self.closed = True
@@ -103,7 +104,7 @@ class SessionRegistry:
         self._sessions[session.client_id] = session
         session.start()
         if old is not None and not old.closed:
-            old._shut(CloseCode.SUPERSEDED, "a newer connection took over")
+            old.shut(CloseCode.SUPERSEDED, "a newer connection took over")
             await old.stop()
 
     async def remove(self, session: AgentSession) -> None:

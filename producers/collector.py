@@ -112,7 +112,7 @@ def split_body(body: bytes, content_type: str) -> list[Any] | None:
     if stripped.startswith(b"[") and "ndjson" not in content_type:
         try:
             items = msgspec.json.decode(body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None
         return items if isinstance(items, list) else None
     return [line for line in (raw.strip() for raw in body.splitlines()) if line]
@@ -129,7 +129,10 @@ async def post_events(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     publisher = request.app[PUBLISHER]
     metrics = request.app[METRICS]
-    body = await request.read()  # aiohttp answers 413 past client_max_size
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        return web.json_response({"error": exc.text}, status=413)
     items = split_body(body, request.content_type)
     if items is None:
         return web.json_response({"error": "body is neither a JSON array nor NDJSON"}, status=400)

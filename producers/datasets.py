@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from schemas import Interaction
+from schemas import Interaction, InvalidRecord, convert
 
 YOOCHOOSE_HEADER = ("SessionId", "ItemId", "Time")
 
@@ -36,6 +36,13 @@ def read_yoochoose(path: Path) -> Iterator[Interaction]:
     The session id becomes the client id; each row is one click. The event id is derived from
     the file position, so a re-run publishes the same ids and consumers can deduplicate.
     """
+    try:
+        yield from _read_yoochoose(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+
+
+def _read_yoochoose(path: Path) -> Iterator[Interaction]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle, delimiter="\t")
         header = next(reader, None)
@@ -51,10 +58,19 @@ def read_yoochoose(path: Path) -> Iterator[Interaction]:
                 ts = float(time_s)
             except ValueError:
                 raise DatasetError(f"{path}:{line_no}: Time {time_s!r} is not a number") from None
-            yield Interaction(
-                event_id=f"{path.stem}-{line_no}",
-                client_id=session,
-                content_id=item,
-                kind="click",
-                ts=ts,
-            )
+            if not 0 <= ts <= 32503680000:
+                raise DatasetError(f"{path}:{line_no}: Time {time_s!r} is out of range")
+            try:
+                event = convert(
+                    Interaction,
+                    {
+                        "event_id": f"{path.stem}-{line_no}",
+                        "client_id": session,
+                        "content_id": item,
+                        "kind": "click",
+                        "ts": ts,
+                    },
+                )
+            except InvalidRecord as exc:
+                raise DatasetError(f"{path}:{line_no}: {exc.reason}") from None
+            yield event

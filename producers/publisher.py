@@ -157,7 +157,7 @@ class InteractionPublisher:
                 except msgspec.ValidationError as exc:
                     self.reject(record, f"invalid Interaction: {exc}")
                     continue
-                except msgspec.DecodeError as exc:
+                except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
                     self.reject(record, f"malformed JSON: {exc}")
                     continue
             messages.append({"key": event.client_id.encode(), "value": encode(event)})
@@ -191,6 +191,9 @@ class InteractionPublisher:
             if isinstance(raw, bytes)
             else (raw.encode() if isinstance(raw, str) else encode(raw))
         )
+        if len(value) > 512 * 1024:
+            reason = f"{reason} (value cut from {len(value)} bytes)"
+            value = value[: 512 * 1024]
         letter = DeadLetter(
             topic=self.topic, value=value, reason=reason, rejected_by=self.source, ts=time.time()
         )

@@ -286,7 +286,7 @@ def _decode(kind: str, raw: bytes | str) -> Any:
         if _version_error.search(text):
             text = f"unsupported protocol_version, this side speaks {PROTOCOL_VERSION}"
         raise InvalidRecord(f"invalid {kind}: {text}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidRecord(f"malformed JSON: {exc}") from None
 
 

@@ -33,7 +33,7 @@ def decode(record_type: type[T], raw: bytes | str) -> T:
         return _decoder(record_type).decode(raw)
     except msgspec.ValidationError as exc:
         raise InvalidRecord(f"invalid {record_type.__name__}: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidRecord(f"malformed JSON: {exc}") from None
 
 

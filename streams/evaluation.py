@@ -55,6 +55,13 @@ def read_sessions(path: str | Path) -> list[Session]:
 
     Ties keep the file's order (both sorts are stable), so the result is deterministic.
     """
+    try:
+        return _read_sessions(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _read_sessions(path: str | Path) -> list[Session]:
     clicks: dict[str, list[tuple[float, str]]] = {}
     with Path(path).open(newline="") as handle:
         reader = csv.reader(handle, delimiter="\t")
