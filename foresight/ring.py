@@ -348,6 +348,9 @@ class RingMembership:
         self._vnodes = vnodes
         self._load_factor = load_factor
         self._records: dict[str, MembershipRecord] = {}
+        # The last ring built and the live members it was built from: every event asks for
+        # the ring, and building one hashes vnodes x members points.
+        self._cached: tuple[tuple[Member, ...], HashRing] | None = None
 
     @property
     def records(self) -> Mapping[str, MembershipRecord]:
@@ -370,5 +373,9 @@ class RingMembership:
         if heartbeat_timeout < 0:
             raise ValueError(f"heartbeat_timeout must be >= 0: {heartbeat_timeout!r}")
         cutoff = now - heartbeat_timeout
-        live = (r for r in self._records.values() if r.state == "up" and r.heartbeat_ts >= cutoff)
-        return HashRing((r.member for r in live), self._vnodes, self._load_factor)
+        live = tuple(
+            r.member for r in self._records.values() if r.state == "up" and r.heartbeat_ts >= cutoff
+        )
+        if self._cached is None or self._cached[0] != live:
+            self._cached = (live, HashRing(live, self._vnodes, self._load_factor))
+        return self._cached[1]

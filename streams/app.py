@@ -121,6 +121,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         producer_acks=-1,
+        # A click makes several commands and a changelog record: 2 ms lets them share produce
+        # requests (with 0, one socket write per record took 16 % of the worker in a replay).
+        producer_linger=0.002,
         producer_partitioner=None,
     )
     app.fetch_max_wait_ms = settings.worker_fetch_max_wait_ms  # before the transport is made
@@ -238,6 +241,9 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def start_runtime() -> None:
+        level = getattr(app, "foresight_log_level", None)
+        if level is not None:
+            logging.getLogger().setLevel(level)
         runtime.ring.start()
         await asyncio.to_thread(runtime.open_store)
         runtime.ready.set()
