@@ -24,6 +24,14 @@ from foresight.settings import Settings
 T = TypeVar("T")
 
 
+def cassandra_down(settings: Settings) -> str:
+    """The one line for a Cassandra that does not answer."""
+    return (
+        f"Cassandra at {settings.cassandra_contact_points}:{settings.cassandra_port} did "
+        "not answer; is it running? try `foresight services up`"
+    )
+
+
 def _kafka_down(settings_servers: str, exc: Exception) -> str:
     return (
         f"Kafka at {settings_servers} did not answer ({exc}); "
@@ -72,10 +80,7 @@ def db_migrate(ctx: click.Context) -> None:
     try:
         result = migrate(settings)
     except NoHostAvailable:
-        fail(
-            f"Cassandra at {settings.cassandra_contact_points}:{settings.cassandra_port} did "
-            "not answer; is it running? try `foresight services up`"
-        )
+        fail(cassandra_down(settings))
     ks = settings.cassandra_keyspace
     if result.keyspace_created:
         console.print(f"created keyspace {ks} ({settings.cassandra_replication_strategy})")

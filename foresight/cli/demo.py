@@ -309,14 +309,11 @@ def _require_services(settings: Settings) -> None:
     from cassandra.cluster import NoHostAvailable
 
     from foresight.cassandra import connect
-    from foresight.cli.data import require_topics
+    from foresight.cli.data import cassandra_down, require_topics
 
     require_topics(settings, [])
     try:
         cluster, _ = connect(settings)
     except NoHostAvailable:
-        fail(
-            f"Cassandra at {settings.cassandra_contact_points}:{settings.cassandra_port} did "
-            "not answer; is it running? try `foresight services up`"
-        )
+        fail(cassandra_down(settings))
     cluster.shutdown()

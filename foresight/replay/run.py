@@ -146,6 +146,13 @@ class Replay:
         )
 
     @property
+    def ring(self) -> HashRing:
+        """The ring the run's cache nodes form, as every process computes it."""
+        return HashRing(
+            Member(f"node-{n}", url=url, slot=n) for n, url in enumerate(self.node_urls)
+        )
+
+    @property
     def worker_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.worker_web_port}"
 
@@ -280,9 +287,7 @@ class Replay:
     async def without_prefetching(self, requests: Sequence[Request]) -> list[float]:
         """The same requests, in the same order, served by freshly started nodes to clients
         that hold nothing; latencies in request order."""
-        ring = HashRing(
-            Member(f"node-{n}", url=url, slot=n) for n, url in enumerate(self.node_urls)
-        )
+        ring = self.ring
         latencies = [0.0] * len(requests)
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(len(requests)):
@@ -315,9 +320,7 @@ class Replay:
         return latencies
 
     def node_load(self, sessions: list[list[Interaction]]) -> dict[str, dict[str, float]]:
-        ring = HashRing(
-            Member(f"node-{n}", url=url, slot=n) for n, url in enumerate(self.node_urls)
-        )
+        ring = self.ring
         owners = [ring.owner(s[0].client_id).node_id for s in sessions]
         load: dict[str, dict[str, float]] = {}
         for n, url in enumerate(self.node_urls):
