@@ -43,7 +43,7 @@ class MembershipWatcher:
         self._topic = settings.topic_ring_membership
         self._timeout = heartbeat_timeout_s or settings.ring_heartbeat_timeout_s
         self._clock = clock
-        self._fold = RingMembership()
+        self._fold = RingMembership(slots=settings.prefetch_command_slots)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._caught_up = threading.Event()
@@ -106,7 +106,7 @@ class MembershipWatcher:
         try:
             record = None if value is None else member_record(decode(RingMember, value))
             with self._lock:
-                self._fold.apply(node_id, record)
+                self._fold.apply(node_id, record, self._clock())
                 self.version += 1
         except (InvalidRecord, InvalidMembershipRecord) as exc:
             self.invalid += 1

@@ -296,6 +296,10 @@ def _check_epsilon(epsilon: float) -> None:
         raise ValueError(f"epsilon must be finite and >= 0: {epsilon!r}")
 
 
+#: How far ahead of the reader's clock a heartbeat may be before the record is refused.
+MAX_CLOCK_SKEW_S = 300.0
+
+
 @dataclass(frozen=True)
 class MembershipRecord:
     """The latest record a node published on ring-membership."""
@@ -343,10 +347,22 @@ class RingMembership:
     wins; a tombstone removes the node), then read the current ring with :meth:`ring`.
     """
 
-    def __init__(self, vnodes: int = DEFAULT_VNODES, load_factor: float | None = None) -> None:
+    def __init__(
+        self,
+        vnodes: int = DEFAULT_VNODES,
+        load_factor: float | None = None,
+        *,
+        slots: int | None = None,
+        max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
+    ) -> None:
         HashRing((), vnodes, load_factor)  # fail here, not at the first ring() call
         self._vnodes = vnodes
         self._load_factor = load_factor
+        # A record naming a slot with no prefetch-commands partition, or a heartbeat from the
+        # future (which would keep a dead node "live" until then), is refused: one forged or
+        # misconfigured record must not break every process that routes by the ring.
+        self._slots = slots
+        self._skew = max_clock_skew_s
         self._records: dict[str, MembershipRecord] = {}
         # The last ring built and the live members it was built from: every event asks for
         # the ring, and building one hashes vnodes x members points.
@@ -357,16 +373,28 @@ class RingMembership:
         """The latest valid record of every node not removed, including stale and down ones."""
         return MappingProxyType(self._records)
 
-    def apply(self, node_id: str, value: Mapping[str, object] | None) -> None:
+    def apply(
+        self, node_id: str, value: Mapping[str, object] | None, now: float | None = None
+    ) -> None:
         """Fold one record in: ``None`` (a tombstone) removes ``node_id``, a value replaces it.
 
         An invalid value raises InvalidMembershipRecord and leaves the node's previous record
-        in place, so the caller can dead-letter it and go on.
+        in place, so the caller can dead-letter it and go on. Invalid too: a slot at or beyond
+        ``slots`` and, given ``now``, a heartbeat more than ``max_clock_skew_s`` ahead of it.
         """
         if value is None:
             self._records.pop(node_id, None)
-        else:
-            self._records[node_id] = MembershipRecord.parse(node_id, value)
+            return
+        record = MembershipRecord.parse(node_id, value)
+        if self._slots is not None and record.member.slot >= self._slots:
+            raise InvalidMembershipRecord(
+                f"slot {record.member.slot} of {node_id!r} has no partition (slots: {self._slots})"
+            )
+        if now is not None and record.heartbeat_ts > now + self._skew:
+            raise InvalidMembershipRecord(
+                f"heartbeat of {node_id!r} is {record.heartbeat_ts - now:.0f} s in the future"
+            )
+        self._records[node_id] = record
 
     def ring(self, now: float, heartbeat_timeout: float) -> HashRing:
         """The ring of nodes that are "up" with ``heartbeat_ts >= now - heartbeat_timeout``."""

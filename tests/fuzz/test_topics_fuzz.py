@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
+from foresight.ring import MAX_CLOCK_SKEW_S
 from foresight.settings import Settings
-from schemas import DeadLetter, decode
+from schemas import DeadLetter, InvalidRecord, RingMember, decode, encode
 from tests.integration.conftest import end_offsets, read_all
 
 from .conftest import Figure, StartStack
@@ -181,6 +182,28 @@ def test_hostile_records_are_processed_or_dead_lettered_with_a_reason(
         assert counted == invalid
 
 
+#: Well-formed "up" records a misconfigured or hostile writer could send: a slot with no
+#: prefetch-commands partition, or a heartbeat far in the future. Every reader refuses them.
+FORGED = 50
+
+
+def forged_members() -> list[Record]:
+    now = time.time()
+    forged: list[Record] = []
+    for i in range(FORGED):
+        slot, heartbeat = (100_000 - i, now) if i % 2 else (0, now + 86_400 * (i + 1))
+        member = RingMember(
+            node_id=f"forged-{i}",
+            url="http://127.0.0.1:1",
+            weight=1.0,
+            slot=slot,
+            state="up",
+            heartbeat_ts=heartbeat,
+        )
+        forged.append((member.node_id.encode(), encode(member)))
+    return forged
+
+
 def skipped_lines(stack: Stack, name: str) -> Callable[[], int]:
     def count() -> int:
         return stack.count_logged(
@@ -190,12 +213,28 @@ def skipped_lines(stack: Stack, name: str) -> Callable[[], int]:
     return count
 
 
+def refused_by_the_fold(value: bytes | None, slots: int, now: float) -> bool:
+    """A well-formed record every reader still refuses (foresight.ring.RingMembership): a
+    slot with no prefetch-commands partition, or a heartbeat too far in the future."""
+    if value is None:
+        return False
+    try:
+        member = decode(RingMember, value)
+    except InvalidRecord:
+        return False
+    return member.slot >= slots or member.heartbeat_ts > now + MAX_CLOCK_SKEW_S
+
+
 def test_ring_membership_garbage_is_skipped_with_a_warning_and_the_ring_holds(
-    start_stack: StartStack, figure: Figure
+    start_stack: StartStack, figure: Figure, settings: Settings
 ) -> None:
     topic = "ring-membership"
-    batch: list[Record] = records(topic)
-    invalid = sum(not verdict(topic, key, value)[0] for key, value in batch)
+    batch: list[Record] = records(topic) + forged_members()
+    slots, now = settings.prefetch_command_slots, time.time()
+    invalid = sum(
+        not verdict(topic, key, value)[0] or refused_by_the_fold(value, slots, now)
+        for key, value in batch
+    )
     with start_stack("node-0", "worker") as stack:
         # The worker answers /healthz before its ring reader has read the node's heartbeat.
         wait_for_count(lambda: stack.health()["worker"]["ring"], 1, RING_WAIT_S, RING_WAIT_S)

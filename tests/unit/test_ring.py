@@ -440,3 +440,23 @@ def test_a_fold_with_no_live_node_gives_an_empty_ring() -> None:
     fold.apply("node-a", up(ts=10.0))
     with pytest.raises(EmptyRingError):
         fold.ring(now=100.0, heartbeat_timeout=10.0).owner("client-1")
+
+
+def test_a_slot_without_a_partition_is_refused_and_the_ring_keeps_routing() -> None:
+    fold = RingMembership(slots=2)
+    fold.apply("node-a", up(slot=1))
+    with pytest.raises(InvalidMembershipRecord, match="no partition"):
+        fold.apply("node-a", up(slot=2))
+    with pytest.raises(InvalidMembershipRecord, match="no partition"):
+        fold.apply("node-x", up(slot=100_000))
+    ring = fold.ring(now=100.0, heartbeat_timeout=10.0)
+    assert [m.node_id for m in ring.members] == ["node-a"]
+    assert ring.owner("client-1").slot == 1
+
+
+def test_a_heartbeat_from_the_future_is_refused() -> None:
+    fold = RingMembership(max_clock_skew_s=300.0)
+    fold.apply("node-a", up(ts=399.0), now=100.0)  # within the skew allowed
+    with pytest.raises(InvalidMembershipRecord, match="in the future"):
+        fold.apply("node-b", up(ts=1e12), now=100.0)  # would stay "live" for ages
+    assert set(fold.records) == {"node-a"}
