@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
+import limits
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -147,6 +148,17 @@ class Settings(BaseSettings):
         description="Largest request body the collector reads; larger gets 413 "
         "(FORESIGHT_COLLECTOR_MAX_BODY_BYTES).",
     )
+    collector_limit_per_ip: str | None = Field(
+        "2000/second",
+        description="Events one IP address may post, as '<count>/<second|minute|hour>'; over "
+        "it a batch gets 429 and nothing of it is published. Empty: no limit "
+        "(FORESIGHT_COLLECTOR_LIMIT_PER_IP).",
+    )
+    collector_limit_per_client: str | None = Field(
+        "20/second",
+        description="Events one client_id may post (same form); a person clicks far slower "
+        "(FORESIGHT_COLLECTOR_LIMIT_PER_CLIENT).",
+    )
     origin_host: str = Field(
         "127.0.0.1", description="Interface the demo origin binds (FORESIGHT_ORIGIN_HOST)."
     )
@@ -225,12 +237,26 @@ class Settings(BaseSettings):
         "(FORESIGHT_WORKER_WEB_PORT).",
     )
     worker_fetch_max_wait_ms: int = Field(
-        10,
+        20,
         ge=0,
         le=10_000,
         description="Longest the worker's Kafka fetch waits at the broker for new records; "
         "Faust's own 1500 ms adds up to that to a click's way to its prefetch "
         "(FORESIGHT_WORKER_FETCH_MAX_WAIT_MS).",
+    )
+    worker_fetch_min_bytes: int = Field(
+        4096,
+        ge=1,
+        le=1_048_576,
+        description="Bytes the worker's Kafka fetch waits for (at most worker_fetch_max_wait_ms) "
+        "before returning: fewer, fuller fetches under load (FORESIGHT_WORKER_FETCH_MIN_BYTES).",
+    )
+    worker_linger_ms: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description="How long the worker's producer waits to fill a produce request with a "
+        "click's commands and changelog records (FORESIGHT_WORKER_LINGER_MS).",
     )
     worker_group: str = Field(
         "foresight-worker",
@@ -320,6 +346,20 @@ class Settings(BaseSettings):
         description="How long `services up` waits for a service to answer "
         "(FORESIGHT_SERVICES_START_TIMEOUT_S).",
     )
+
+    @field_validator("collector_limit_per_ip", "collector_limit_per_client", mode="before")
+    @classmethod
+    def _rate_limit(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        if isinstance(value, str):
+            try:
+                limits.parse(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not a rate like '20/second' or '1000/minute'"
+                ) from None
+        return value
 
     @field_validator("push_bytes_per_odds", mode="before")
     @classmethod

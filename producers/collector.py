@@ -10,10 +10,12 @@ topic, dead letters, the records still waiting for Kafka's ack, and how long bat
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
 import time
+from collections import Counter as Counter_
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol
@@ -21,6 +23,9 @@ from typing import Any, Protocol
 import msgspec
 from aiohttp import web
 from confluent_kafka import KafkaError, Message
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
@@ -96,11 +101,51 @@ class CollectorMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "foresight_collector_rate_limited",
+            "Batches refused with 429, by the limit they hit (ip or client)",
+            ["by"],
+            registry=self.registry,
+        )
+
+
+class RateLimits:
+    """Events per IP address and per client_id over a sliding window (the ``limits`` library,
+    in memory: each collector process limits what it receives)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._per_ip = (
+            parse(settings.collector_limit_per_ip) if settings.collector_limit_per_ip else None
+        )
+        self._per_client = (
+            parse(settings.collector_limit_per_client)
+            if settings.collector_limit_per_client
+            else None
+        )
+
+    def refusal(self, ip: str, clients: Counter_[str], events: int) -> tuple[str, str] | None:
+        """(the limit hit, a reason) if the batch would go over a limit, else None; the
+        batch's events count against the limits only when it is let through."""
+        checks: list[tuple[str, RateLimitItem, str, int]] = []
+        if self._per_ip is not None and events:
+            checks.append(("ip", self._per_ip, ip, events))
+        if self._per_client is not None:
+            checks.extend(("client", self._per_client, c, n) for c, n in clients.items())
+        for by, item, key, cost in checks:
+            if not self._limiter.test(item, by, key, cost=cost):
+                return by, f"rate limit of {item} per {by} reached for {by} {key!r}"
+        for by, item, key, cost in checks:
+            self._limiter.hit(item, by, key, cost=cost)
+        return None
 
 
 PUBLISHER = web.AppKey[EventPublisher]("publisher")
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", CollectorMetrics)
+LIMITS = web.AppKey("limits", RateLimits)
+#: Seconds a refused sender is told to wait (Retry-After) before sending the batch again.
+RETRY_AFTER_S = 1
 
 
 def split_body(body: bytes, content_type: str) -> list[Any] | None:
@@ -169,18 +214,31 @@ async def post_events(request: web.Request) -> web.Response:
             metrics.unacked.dec()
             raise
 
+    checked: list[Interaction | InvalidRecord] = []
+    for item in items:
+        try:
+            checked.append(validate_item(item))
+        except InvalidRecord as exc:
+            checked.append(exc)
+    clients = collections.Counter(e.client_id for e in checked if isinstance(e, Interaction))
+    refused = request.app[LIMITS].refusal(request.remote or "unknown", clients, len(items))
+    if refused is not None:
+        # Nothing of the batch is published: sent again after Retry-After, it is not doubled.
+        by, reason = refused
+        metrics.rate_limited.labels(by).inc()
+        return web.json_response(
+            {"error": reason}, status=429, headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
     errors: list[dict[str, Any]] = []
     accepted = 0
     dead_letters = publisher.dead_letter_topic
-    for index, item in enumerate(items):
+    for index, (item, event) in enumerate(zip(items, checked, strict=True)):
         future: asyncio.Future[str | None] = loop.create_future()
         acks.append(future)
-        try:
-            event = validate_item(item)
-        except InvalidRecord as exc:
-            errors.append({"index": index, "reason": exc.reason})
+        if isinstance(event, InvalidRecord):
+            errors.append({"index": index, "reason": event.reason})
             metrics.events.labels("invalid").inc()
-            hand_over(partial(publisher.reject, item, exc.reason), future, dead_letters)
+            hand_over(partial(publisher.reject, item, event.reason), future, dead_letters)
             metrics.dead_letters.labels(publisher.topic).inc()
             continue
         metrics.events.labels("valid").inc()
@@ -260,6 +318,7 @@ def create_app(settings: Settings, publisher: EventPublisher | None = None) -> w
     )
     app[SETTINGS] = settings
     app[METRICS] = CollectorMetrics()
+    app[LIMITS] = RateLimits(settings)
     if publisher is not None:
         app[PUBLISHER] = publisher
     else:

@@ -132,3 +132,72 @@ async def test_requests_refused_whole_are_counted_by_status(client: Client) -> N
     assert after["foresight_collector_requests_total", (("status", "413"),)] == 1
     assert after["foresight_collector_requests_total", (("status", "400"),)] == 1
     assert not any(name == "foresight_collector_events_total" for name, _ in after)
+
+
+def client_event(n: int, client_id: str) -> dict[str, Any]:
+    return {**event(n), "client_id": client_id}
+
+
+async def limited(publisher: HeldPublisher, per_client: str, per_ip: str) -> Client:
+    settings = Settings(collector_limit_per_client=per_client, collector_limit_per_ip=per_ip)
+    client = TestClient(TestServer(create_app(settings, publisher)))
+    await client.start_server()
+    return client
+
+
+async def post_acked(client: Client, publisher: HeldPublisher, batch: list[Any]) -> int:
+    """POST a batch, let Kafka ack whatever was handed over, return the status."""
+    posting = asyncio.create_task(client.post("/v1/events", json=batch))
+    while not posting.done():
+        publisher.answer()
+        await asyncio.sleep(0.01)
+    response = await posting
+    return response.status
+
+
+async def test_a_client_over_its_rate_gets_429_and_nothing_of_its_batch_is_published(
+    publisher: HeldPublisher,
+) -> None:
+    client = await limited(publisher, per_client="5/minute", per_ip="1000/minute")
+    try:
+        assert await post_acked(client, publisher, [client_event(n, "c1") for n in range(4)]) == 202
+        handed = len(publisher.waiting)
+        # One more from c1 would be fine, two are over: the whole batch waits, c2's event too.
+        refused = await client.post(
+            "/v1/events",
+            json=[client_event(5, "c1"), client_event(6, "c1"), client_event(7, "c2")],
+        )
+        assert refused.status == 429
+        assert refused.headers["Retry-After"] == "1"
+        assert "per client" in (await refused.json())["error"]
+        assert len(publisher.waiting) == handed == 0  # nothing handed over to Kafka
+        # Another client is not held back by c1.
+        assert await post_acked(client, publisher, [client_event(8, "c2")]) == 202
+        after = await metrics_of(client)
+        assert after["foresight_collector_rate_limited_total", (("by", "client"),)] == 1
+        assert after["foresight_collector_requests_total", (("status", "429"),)] == 1
+        assert after["foresight_collector_events_total", (("outcome", "valid"),)] == 5
+    finally:
+        await client.close()
+
+
+async def test_an_ip_over_its_rate_gets_429_whatever_the_clients(
+    publisher: HeldPublisher,
+) -> None:
+    client = await limited(publisher, per_client="1000/minute", per_ip="10/minute")
+    try:
+        batch = [client_event(n, f"c{n}") for n in range(8)]
+        assert await post_acked(client, publisher, batch) == 202
+        refused = await client.post("/v1/events", json=[client_event(n, f"d{n}") for n in range(3)])
+        assert refused.status == 429
+        assert "per ip" in (await refused.json())["error"]
+        after = await metrics_of(client)
+        assert after["foresight_collector_rate_limited_total", (("by", "ip"),)] == 1
+    finally:
+        await client.close()
+
+
+def test_a_rate_that_does_not_parse_is_refused_and_empty_means_no_limit() -> None:
+    with pytest.raises(ValueError, match="is not a rate"):
+        Settings(collector_limit_per_ip="lots")
+    assert Settings(collector_limit_per_client="").collector_limit_per_client is None
