@@ -43,3 +43,8 @@ CONSUME_LAG = Histogram(
 FEEDBACK = Counter(
     "foresight_worker_feedback_total", "Agent feedback applied, by outcome", ["outcome"]
 )
+HANDLED_OFFSET = Gauge(
+    "foresight_worker_handled_offset",
+    "The next offset to handle on each interactions partition this worker reads (last + 1)",
+    ["partition"],
+)
