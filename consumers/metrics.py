@@ -46,3 +46,12 @@ FEEDBACK = Counter(
 PRODUCER_QUEUE = Gauge(
     "foresight_node_producer_queue", "Records waiting in the node's Kafka producer for an ack"
 )
+STORE_WRITES = Gauge(
+    "foresight_node_store_writes_in_flight",
+    "Cassandra writes started and not finished (pushes and fetches do not wait for them)",
+)
+BEACONS = Counter(
+    "foresight_node_beacons_total",
+    "Beacons (feedback and views posted over HTTP by an agent without a socket), by outcome",
+    ["outcome"],
+)

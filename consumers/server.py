@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -20,13 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumers.fetcher import Fetcher, FetcherConfig, FetchFailed, FetchRefused
 from consumers.metrics import (
     AGENTS,
+    BEACONS,
     COMMANDS,
     DEAD_LETTERS,
     EVENTS_OUT,
@@ -35,6 +37,7 @@ from consumers.metrics import (
     QUEUED,
     REQUESTS,
     RING_MEMBERS,
+    STORE_WRITES,
 )
 from consumers.node import CacheNode
 from consumers.sessions import AgentSession, SessionRegistry
@@ -58,6 +61,8 @@ from schemas import (
 )
 from schemas import Feedback as FeedbackRecord
 from schemas.protocol import (
+    BEACON_MAX,
+    BEACON_PATH,
     WS_PATH,
     CloseCode,
     Error,
@@ -76,6 +81,12 @@ from schemas.records import InteractionKind, MemberState
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+#: Prefetch commands a node carries out at once. A click's burst of commands (or a backlog of
+#: them) must not fill Cassandra's and the origin's queues ahead of a person's request: the
+#: cold start of a replay with all of a batch at once put 30 ms on every miss.
+PREFETCH_CONCURRENCY = 8
+#: Close codes of an agent saying goodbye (closed by its app, or its page going away).
+GOODBYE_CODES = (WSCloseCode.OK, WSCloseCode.GOING_AWAY)
 HEARTBEAT_S = 3.0
 
 
@@ -206,21 +217,23 @@ class NodeProcess:
             }
         )
         consumer.assign([TopicPartition(topic, self.config.slot)])
+        lane = asyncio.Semaphore(PREFETCH_CONCURRENCY)
         try:
             while not self._stop.is_set():
                 # consume() waits for the whole batch or the timeout: keep the timeout short, it
                 # is part of every command's latency.
                 batch = await asyncio.to_thread(consumer.consume, 500, 0.01)
                 # A batch's commands run concurrently (each waits on Cassandra and maybe the
-                # origin); offsets are stored only once all of them are done.
-                await asyncio.gather(*(self._command(topic, msg) for msg in batch))
+                # origin), PREFETCH_CONCURRENCY at a time; offsets are stored only once all of
+                # them are done.
+                await asyncio.gather(*(self._command(topic, msg, lane) for msg in batch))
                 for msg in batch:
                     if msg.error() is None:
                         consumer.store_offsets(msg)
         finally:
             await asyncio.to_thread(consumer.close)
 
-    async def _command(self, topic: str, msg: Any) -> None:
+    async def _command(self, topic: str, msg: Any, lane: asyncio.Semaphore) -> None:
         if msg.error() is not None:
             return
         try:
@@ -229,7 +242,8 @@ class NodeProcess:
             self.dead_letter(topic, msg, exc.reason)
             COMMANDS.labels("invalid").inc()
             return
-        outcome = await self.node.on_command(command, time.time())
+        async with lane:
+            outcome = await self.node.on_command(command, time.time())
         COMMANDS.labels(outcome).inc()
 
     async def consume_updates(self) -> None:
@@ -264,6 +278,7 @@ class NodeProcess:
             RING_MEMBERS.set(len(self.ring.ring().members))
             PRODUCER_QUEUE.set(len(self.producer))
             QUEUED.set(sum(s.queued for s in self.sessions.all()))
+            STORE_WRITES.set(self.node.writes_in_flight)
             await asyncio.sleep(HEARTBEAT_S)
 
     async def leave(self) -> None:
@@ -455,10 +470,48 @@ async def agent_socket(request: web.Request) -> web.StreamResponse:
             elif isinstance(message, View):
                 process.record_request(claims.client_id, message.content_id, "view", message.ts)
             elif isinstance(message, Ping):
-                agent.offer(encode_message(Pong(ts=time.time())))
+                agent.offer(encode_message(Pong(ts=message.ts)))  # echoed, as documented
     finally:
         await process.sessions.remove(agent)
+    if ws.close_code in GOODBYE_CODES and process.sessions.get(claims.client_id) is None:
+        process.sessions.depart(claims.client_id)
     return ws
+
+
+async def beacon(request: web.Request) -> web.Response:
+    """Feedback and views an agent could not send on a socket (it is closing, or its node is
+    gone): recorded like the socket's, by any node. 202 when all were recorded; 400 with a
+    reason per refused message (the others are still recorded)."""
+    process = request.app[NODE]
+    client_id = _client_of(request, process)
+    try:
+        items = json.loads(await request.read())
+    except ValueError:
+        return web.json_response({"error": "the body is not JSON"}, status=400)
+    if not isinstance(items, list) or len(items) > BEACON_MAX:
+        return web.json_response(
+            {"error": f"the body must be a JSON array of at most {BEACON_MAX} messages"},
+            status=400,
+        )
+    errors: list[dict[str, object]] = []
+    for index, item in enumerate(items):
+        try:
+            message = decode_from_agent(json.dumps(item))
+        except InvalidRecord as exc:
+            errors.append({"index": index, "reason": exc.reason})
+            continue
+        if isinstance(message, Feedback):
+            process.relay_feedback(client_id, message)
+        elif isinstance(message, View):
+            process.record_request(client_id, message.content_id, "view", message.ts)
+        else:
+            kind = type(message).__name__.lower()
+            errors.append({"index": index, "reason": f"a {kind} message is not for a beacon"})
+    BEACONS.labels("refused" if errors else "recorded").inc()
+    payload: dict[str, object] = {"recorded": len(items) - len(errors), "refused": len(errors)}
+    if errors:
+        return web.json_response({**payload, "errors": errors}, status=400)
+    return web.json_response(payload, status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -483,6 +536,7 @@ def create_app(settings: Settings, config: NodeConfig) -> web.Application:
     app[NODE] = NodeProcess(settings, config)
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_get(WS_PATH, agent_socket)
+    app.router.add_post(BEACON_PATH, beacon)
     app.router.add_get("/v1/content/{content_id:.+}", get_content)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,17 +90,40 @@ class AgentSession:
                 await self._task
 
 
-class SessionRegistry:
-    """client_id -> the agent's live session (a newer connection supersedes an older one)."""
+#: How many departed clients a node remembers (the oldest are forgotten first).
+DEPARTED_MAX = 100_000
 
-    def __init__(self) -> None:
+
+class SessionRegistry:
+    """client_id -> the agent's live session (a newer connection supersedes an older one).
+
+    It also remembers the clients whose agent said goodbye (closed its socket normally: the
+    person left), so prefetches computed from their last clicks are not kept for a next
+    connect that may never come. An agent that drops without a goodbye is not departed: its
+    prefetches wait for it to reconnect.
+    """
+
+    def __init__(self, departed_max: int = DEPARTED_MAX) -> None:
         self._sessions: dict[str, AgentSession] = {}
+        self._departed: OrderedDict[str, None] = OrderedDict()
+        self._departed_max = departed_max
 
     def get(self, client_id: str) -> AgentSession | None:
         session = self._sessions.get(client_id)
         return None if session is None or session.closed else session
 
+    def departed(self, client_id: str) -> bool:
+        """Whether the client's agent said goodbye and has not connected since."""
+        return client_id in self._departed
+
+    def depart(self, client_id: str) -> None:
+        self._departed[client_id] = None
+        self._departed.move_to_end(client_id)
+        if len(self._departed) > self._departed_max:
+            self._departed.popitem(last=False)
+
     async def add(self, session: AgentSession) -> None:
+        self._departed.pop(session.client_id, None)
         old = self._sessions.get(session.client_id)
         self._sessions[session.client_id] = session
         session.start()

@@ -8,8 +8,10 @@ bound inside the driver.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -101,9 +103,14 @@ class ContentStore:
             f"DELETE FROM {ks}.pending_pushes WHERE client_id = ? AND content_id = ?"
         )
 
-    async def _run(self, statement: Any, params: tuple[Any, ...], name: str = "") -> Any:
+    async def _run(
+        self, statement: Any, params: tuple[Any, ...], name: str = "", *, write: bool = False
+    ) -> Any:
+        """Run one statement. At most ``max_in_flight`` writes run at once; reads never queue
+        behind them: a read is what a request (or a prefetch holding an item's lock that a
+        request may wait on) is waiting for, while writes run in the background."""
         name = name or _statement_name(statement)
-        async with self._limit:
+        async with self._limit if write else contextlib.nullcontext():
             started = time.perf_counter()
             try:
                 return await execute(self._session, statement, params)
@@ -122,7 +129,7 @@ class ContentStore:
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
         for statement, params in writes:
             batch.add(statement, params)
-        await self._run(batch, (), name)
+        await self._run(batch, (), name, write=True)
 
     async def latest(self, content_id: str) -> StoredVersion | None:
         row = _first(await self._run(self._get_latest, (content_id,)))
@@ -165,6 +172,18 @@ class ContentStore:
             (self._put_holder, (item.content_id, client_id, item.version)),
         )
 
+    async def record_holdings(self, held: Sequence[tuple[str, StoredVersion]]) -> None:
+        """Several (client, item) holdings in one request (see CacheNode: pushes come in
+        bursts, and one request per push cost the node more than the pushes themselves)."""
+        now = _now()
+        writes: list[tuple[PreparedStatement, tuple[Any, ...]]] = []
+        for client_id, item in held:
+            writes.append(
+                (self._put_holding, (client_id, item.content_id, item.version, item.digest, now))
+            )
+            writes.append((self._put_holder, (item.content_id, client_id, item.version)))
+        await self._run_together("record_holding", *writes)
+
     async def drop_holding(self, client_id: str, content_id: str) -> None:
         await self._run_together(
             "drop_holding",
@@ -184,17 +203,19 @@ class ContentStore:
         self, client_id: str, ts: float, event_id: str, content_id: str, kind: str
     ) -> None:
         when = datetime.fromtimestamp(ts, UTC)
-        await self._run(self._put_history, (client_id, when, event_id, content_id, kind))
+        await self._run(
+            self._put_history, (client_id, when, event_id, content_id, kind), write=True
+        )
 
     async def queue_pending(self, client_id: str, content_id: str, version: int) -> None:
-        await self._run(self._put_pending, (client_id, content_id, version, _now()))
+        await self._run(self._put_pending, (client_id, content_id, version, _now()), write=True)
 
     async def pending(self, client_id: str) -> dict[str, int]:
         rows = await self._run(self._get_pending, (client_id,))
         return {row.content_id: row.version for row in rows}
 
     async def clear_pending(self, client_id: str, content_id: str) -> None:
-        await self._run(self._del_pending, (client_id, content_id))
+        await self._run(self._del_pending, (client_id, content_id), write=True)
 
 
 def _statement_name(statement: Any) -> str:

@@ -35,6 +35,11 @@ from schemas.validation import InvalidRecord
 PROTOCOL_VERSION = 1
 #: The agents' WebSocket endpoint on every cache node.
 WS_PATH = "/v1/agents/ws"
+#: Where an agent without a socket posts the feedback and views it still holds (a JSON array of
+#: agent messages, the token as on the socket): any node records them, owner or not.
+BEACON_PATH = "/v1/agents/beacon"
+#: The most messages one beacon may carry.
+BEACON_MAX = 1000
 #: aiohttp's default max_msg_size; both ends keep it.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: Largest body a push may carry: base64 makes it 4/3 larger, and the envelope needs room too.

@@ -101,15 +101,15 @@ def _warm(settings: Settings, data: Path, count: int = 3000) -> list[Interaction
     return events
 
 
-def _warm_worker(d: Delivery, data: Path) -> str:
-    """Teach the worker real sessions; return the most clicked item, whose successors the
-    model then knows (a click on it leads to confident predictions)."""
+def _warm_worker(d: Delivery, data: Path) -> list[str]:
+    """Teach the worker real sessions; return the items, most clicked first, whose successors
+    the model then knows (a click on one leads to confident predictions)."""
     warm = _warm(d.settings, data)
     deadline = time.monotonic() + 120  # 3000 events on a loaded two-core machine
     while _processed(d.worker_port) < len(warm) and time.monotonic() < deadline:
         time.sleep(0.5)
     items = [e.content_id for e in warm]
-    return max(sorted(set(items)), key=items.count)
+    return sorted(sorted(set(items)), key=items.count, reverse=True)
 
 
 def _processed(port: int) -> float:
@@ -153,7 +153,7 @@ def test_a_click_leads_to_a_push_and_a_bump_reaches_only_the_holder(
     delivery: Delivery, yoochoose_dir: Path
 ) -> None:
     d = delivery
-    popular = _warm_worker(d, yoochoose_dir)
+    popular, *others = _warm_worker(d, yoochoose_dir)
 
     async def scenario() -> None:
         async with aiohttp.ClientSession() as session:
@@ -161,16 +161,7 @@ def test_a_click_leads_to_a_push_and_a_bump_reaches_only_the_holder(
             other = await _connect(session, d, "agent-2", d.token("agent-2"))
             assert isinstance(await _next(holder, Welcome, 10), Welcome)
             assert isinstance(await _next(other, Welcome, 10), Welcome)
-            with InteractionPublisher(d.settings) as publisher:
-                publisher.publish(
-                    Interaction(
-                        event_id="e2e-1",
-                        client_id="agent-1",
-                        content_id=popular,
-                        kind="click",
-                        ts=time.time(),
-                    )
-                )
+            _click(d, "e2e-1", "agent-1", popular)
             push = await _next(holder, Push, PUSH_TIMEOUT_S)
             assert isinstance(push, Push)
             assert hashlib.sha256(push.body).hexdigest() == push.digest
@@ -190,10 +181,45 @@ def test_a_click_leads_to_a_push_and_a_bump_reaches_only_the_holder(
             assert update.previous_version == push.version
             with pytest.raises((AssertionError, TimeoutError)):
                 await _next(other, Update, 3)
-            await holder.close()
+            await holder.close()  # a goodbye: agent-1 departed
             await other.close()
+            # A click after the goodbye: its prefetches are dropped, nothing is fetched or
+            # kept for a next connect.
+            owner = d.owner("agent-1")
+            before = _commands(owner)
+            # Another item than the first click's: its successors were not commanded yet.
+            _click(d, "e2e-2", "agent-1", others[0])
+            await _until(lambda: _commands(owner)["departed"] > before["departed"], 30)
+            after = _commands(owner)
+            assert after["departed"] > before["departed"]
+            assert after["pending"] == before["pending"]
+            assert after["pushed"] == before["pushed"]
 
     asyncio.run(scenario())
+
+
+def _click(d: Delivery, event_id: str, client_id: str, content_id: str) -> None:
+    with InteractionPublisher(d.settings) as publisher:
+        publisher.publish(
+            Interaction(
+                event_id=event_id,
+                client_id=client_id,
+                content_id=content_id,
+                kind="click",
+                ts=time.time(),
+            )
+        )
+
+
+def _commands(node_url: str) -> dict[str, float]:
+    """The node's prefetch commands by outcome, from its /metrics."""
+    counts = {"departed": 0.0, "pending": 0.0, "pushed": 0.0}
+    with urllib.request.urlopen(f"{node_url}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("foresight_node_commands_total{"):
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                counts[outcome] = float(line.split()[-1])
+    return counts
 
 
 def test_forged_and_foreign_tokens_and_escaping_ids_are_refused(delivery: Delivery) -> None:
@@ -250,7 +276,7 @@ def test_an_agent_is_served_from_its_cache_and_keeps_it_when_its_node_stops(
     is said; the agent's socket dies, and the other node takes the client once the dead
     node's heartbeats stop (FORESIGHT_RING_HEARTBEAT_TIMEOUT_S)."""
     d = delivery
-    popular = _warm_worker(d, yoochoose_dir)
+    popular = _warm_worker(d, yoochoose_dir)[0]
     client = "sdk-1"
     owner = d.owner(client)
     other = next(url for url in d.node_urls if url != owner)

@@ -7,6 +7,7 @@ import os
 from typing import cast
 
 import pytest
+from cassandra.cluster import NoHostAvailable
 
 from consumers.fetcher import Fetched, Fetcher
 from consumers.node import CacheNode
@@ -27,6 +28,7 @@ class MemoryStore:
         self.versions: dict[tuple[str, int], StoredVersion] = {}
         self.holdings: dict[str, dict[str, int]] = {}
         self.pending: dict[str, dict[str, int]] = {}
+        self.holding_writes: list[int] = []  # pairs per record_holdings request
 
     async def latest(self, content_id: str) -> StoredVersion | None:
         return None
@@ -36,6 +38,11 @@ class MemoryStore:
 
     async def record_holding(self, client_id: str, item: StoredVersion) -> None:
         self.holdings.setdefault(client_id, {})[item.content_id] = item.version
+
+    async def record_holdings(self, held: list[tuple[str, StoredVersion]]) -> None:
+        self.holding_writes.append(len(held))
+        for client_id, item in held:
+            await self.record_holding(client_id, item)
 
     async def queue_pending(self, client_id: str, content_id: str, version: int) -> None:
         self.pending.setdefault(client_id, {})[content_id] = version
@@ -140,3 +147,69 @@ def test_k_comes_from_the_settings_and_empty_means_no_rule(
     for name, value in Settings(push_bytes_per_odds=None).as_environment().items():
         monkeypatch.setenv(name, value)
     assert Settings().push_bytes_per_odds is None
+
+
+async def test_a_departed_client_gets_no_fetch_and_nothing_kept_until_it_returns() -> None:
+    store, origin = MemoryStore(), Origin()
+    cache_node = node(store, origin, None)
+    cache_node.sessions.depart(CLIENT)
+    assert await cache_node.on_command(command("small", 0.9), now=200.0) == "departed"
+    await cache_node.drain()
+    assert origin.fetched == [] and store.pending == {}
+    assert cache_node.counters.departed == 1
+
+    async def send(frame: bytes) -> None:
+        pass
+
+    async def close(code: int, reason: str) -> None:
+        pass
+
+    agent = AgentSession(CLIENT, send, close)
+    await cache_node.sessions.add(agent)  # back again: prefetches flow once more
+    try:
+        assert not cache_node.sessions.departed(CLIENT)
+        assert await cache_node.on_command(command("big", 0.9), now=200.0) == "pushed"
+    finally:
+        await cache_node.sessions.remove(agent)
+
+
+async def test_a_burst_of_pushes_is_recorded_in_a_few_shared_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, origin = MemoryStore(), Origin()
+    cache_node = node(store, origin, None)
+    sent: list[bytes] = []
+
+    async def send(frame: bytes) -> None:
+        sent.append(frame)
+
+    async def close(code: int, reason: str) -> None:
+        pass
+
+    agent = AgentSession(CLIENT, send, close)
+    await cache_node.sessions.add(agent)
+    try:
+        for n in range(12):
+            monkeypatch.setitem(SIZES, f"item-{n}", 100)
+            assert await cache_node.on_command(command(f"item-{n}", 0.9), now=200.0) == "pushed"
+        await cache_node.drain()
+    finally:
+        await cache_node.sessions.remove(agent)
+    assert store.holdings == {CLIENT: {f"item-{n}": 1 for n in range(12)}}
+    assert store.holding_writes == [5, 5, 2]
+
+
+class DownStore(MemoryStore):
+    """Cassandra not answering: every read fails as the driver fails."""
+
+    async def latest(self, content_id: str) -> StoredVersion | None:
+        raise NoHostAvailable("no host", {})
+
+
+async def test_with_cassandra_down_a_request_is_still_served_from_the_origin() -> None:
+    origin = Origin()
+    cache_node = node(DownStore(), origin, None)
+    item = await cache_node.ensure("small", prefetch=False)
+    assert item.body == b"x" * SIZES["small"] and item.version == 1
+    assert origin.fetched == ["small"]
+    assert cache_node.counters.store_failures == 1
