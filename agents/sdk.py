@@ -16,21 +16,25 @@ request; a ``private`` agent (Global Privacy Control) sends none and marks its f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import aiohttp
+import msgspec
 
 from agents.cache import DropReason, Entry, LocalCache
 from schemas.protocol import (
+    BEACON_MAX,
+    BEACON_PATH,
     MAX_HOLDINGS,
     MAX_MESSAGE_BYTES,
     WS_PATH,
@@ -69,7 +73,15 @@ HANDSHAKE_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 10.0
 #: Best effort for the last feedback when closing; close() must not hang on a dead node.
 FLUSH_TIMEOUT_S = 1.0
+BEACON_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
+#: How long close() lets a reconnect in progress deliver the feedback still queued (a node
+#: that shed the socket under load comes back within the first backoffs).
+CLOSE_WAIT_S = 5.0
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30.0)
+#: How long a get keeps trying a node it cannot reach (see Agent._fetch_retrying).
+FETCH_RETRY_S = 30.0
+#: How long connect() keeps trying the nodes it knows before it gives up.
+CONNECT_RETRY_S = 30.0
 _AUTH_CODES = frozenset({CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.TOKEN_EXPIRED})
 _DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
 _IDENTIFIER = re.compile(f"(?=.{{1,256}}$){IDENTIFIER_PATTERN}")
@@ -115,6 +127,12 @@ class AgentStats:
     reconnects: int = 0
     redirects: int = 0
     feedback_dropped: int = 0
+    #: Feedback and views still queued when close() gave up on delivering them.
+    feedback_unsent: int = 0
+    #: Fetches tried again because no node could be reached.
+    fetch_retries: int = 0
+    #: Feedback delivered over HTTP at close, for want of a socket.
+    beacons: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +177,7 @@ class Agent:
         token: str,
         url: str,
         *,
+        nodes: Sequence[str] = (),
         cache_bytes: int = 64 * 1024 * 1024,
         session: aiohttp.ClientSession | None = None,
         reconnect_min_s: float = 0.5,
@@ -168,8 +187,12 @@ class Agent:
         private: bool = False,
         unused_ttl_s: float | None = 600.0,
         on_push: Callable[[Push, float], None] | None = None,
+        connect_retry_s: float = CONNECT_RETRY_S,
     ) -> None:
-        """``private``: Global Privacy Control, nothing this agent asks for is recorded.
+        """``url``: the node to connect to first; ``nodes``: other nodes to try when it is
+        gone (as Kafka's bootstrap servers: any live node redirects to the client's owner).
+        ``connect_retry_s``: how long connect() keeps trying (0: one round over the nodes).
+        ``private``: Global Privacy Control, nothing this agent asks for is recorded.
         ``unused_ttl_s``: a pushed item unused this long is dropped and reported expired
         (None keeps it). ``on_push(push, received_at)`` is called for every push received."""
         if _IDENTIFIER.fullmatch(client_id) is None:
@@ -182,7 +205,7 @@ class Agent:
         #: Base http(s) URL of the node believed to own the client.
         self._owner = self._bootstrap
         #: Every node heard of (in order): any of them can point the agent to its owner.
-        self._nodes = {self._bootstrap: None}
+        self._nodes = dict.fromkeys([self._bootstrap, *(n.rstrip("/") for n in nodes)])
         self._session = session
         self._own_session = session is None
         self._backoff_s = (reconnect_min_s, reconnect_max_s)
@@ -197,8 +220,11 @@ class Agent:
         self._private = private
         self._unused_ttl_s = unused_ttl_s
         self._on_push = on_push
+        self._connect_retry_s = connect_retry_s
         self._control: deque[Ping | Pong] = deque()
         self._wake = asyncio.Event()
+        self._drained = asyncio.Event()  # set while nothing is queued to send
+        self._drained.set()
         self._waiters: dict[str, list[tuple[int, asyncio.Future[int]]]] = {}
         self._error: AgentError | None = None
 
@@ -247,18 +273,44 @@ class Agent:
             return
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        try:
-            ws = await self._establish(None)
-        except _RETRYABLE as exc:
-            raise AgentConnectionError(f"no welcome from {self._owner}: {exc!r}") from exc
+        ws: _Socket | None = None
+        failures: list[str] = []
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self._connect_retry_s, self._backoff_s[0]
+        while ws is None:
+            failures.clear()
+            for node in list(self._nodes):  # the first url, then the other nodes it knows
+                self._owner = node
+                try:
+                    ws = await self._establish(None)
+                    break
+                except _RETRYABLE as exc:
+                    failures.append(f"{node}: {exc!r}")
+            if ws is None:
+                # Every node refused or redirected to one that is gone: the ring is still
+                # dropping a dead owner. Try again for connect_retry_s.
+                if loop.time() + delay > deadline:
+                    raise AgentConnectionError(f"no welcome from any node: {'; '.join(failures)}")
+                await asyncio.sleep(delay)
+                delay = min(self._backoff_s[1], delay * 2)
         self._task = asyncio.create_task(self._run(ws), name=f"agent:{self.client_id}")
 
     async def close(self) -> None:
-        """Stop reconnecting, send the pending feedback if connected, close the socket."""
+        """Send the queued feedback and views (waiting up to CLOSE_WAIT_S for a reconnect in
+        progress), stop reconnecting, close the socket. What could not be sent is counted in
+        ``stats.feedback_unsent``."""
         task, self._task = self._task, None
         if task is not None:
+            if self._feedback and not task.done():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_WAIT_S):
+                        await self._drained.wait()
+            if self._feedback and not self.connected:
+                await self._beacon()
             task.cancel()
             await asyncio.wait([task])
+        self.stats.feedback_unsent += len(self._feedback)
+        self._feedback.clear()
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -284,7 +336,7 @@ class Agent:
             return GetResult(
                 content_id, entry.body, entry.version, entry.content_type, True, latency_ms
             )
-        version, content_type, body = await self._fetch(content_id)
+        version, content_type, body = await self._fetch_retrying(content_id)
         latency_ms = (time.perf_counter() - started) * 1000
         self.stats.misses += 1
         self._report(content_id, version, "miss", latency_ms)
@@ -494,6 +546,7 @@ class Agent:
                     log.info("send to node %s failed: %r", self._node_id, exc)
                     await ws.close()
                     return
+            self._drained.set()
 
     async def _goodbye(self, ws: _Socket) -> None:
         try:
@@ -504,6 +557,28 @@ class Agent:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.info("%d feedback unsent at close: %r", len(self._feedback), exc)
         await ws.close()
+
+    async def _beacon(self) -> None:
+        """No socket: post the queued feedback and views to the first known node that takes
+        them (any node records them; the owner may be the node that is gone)."""
+        if self._session is None:
+            return
+        messages = [msgspec.to_builtins(m) for m in list(self._feedback)[:BEACON_MAX]]
+        headers = {"Authorization": f"Bearer {self._token}"}
+        for node in dict.fromkeys((self._owner, *self._nodes)):
+            try:
+                async with self._session.post(
+                    node + BEACON_PATH, json=messages, headers=headers, timeout=BEACON_TIMEOUT
+                ) as resp:
+                    if resp.status in (401, 403):
+                        return
+                    if resp.status in (202, 400):  # 400: the refused ones will not pass anyway
+                        for _ in messages:
+                            self._feedback.popleft()
+                        self.stats.beacons += 1
+                        return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.info("beacon to %s failed: %r", node, exc)
 
     def _fail(self, reason: str) -> AgentAuthError:
         self._error = AgentAuthError(f"{reason}: get a new token for {self.client_id}")
@@ -573,7 +648,28 @@ class Agent:
         if len(self._feedback) == FEEDBACK_BUFFER:
             self.stats.feedback_dropped += 1
         self._feedback.append(message)
+        self._drained.clear()
         self._wake.set()
+
+    async def _fetch_retrying(self, content_id: str) -> tuple[int, str, bytes]:
+        """_fetch, tried again for up to FETCH_RETRY_S while the node cannot be reached: when
+        the owner dies, the ring hands its clients to another node within its heartbeat
+        timeout, and the socket's reconnect finds that node meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + FETCH_RETRY_S, 0.25
+        while True:
+            try:
+                return await self._fetch(content_id)
+            except AgentConnectionError:
+                if self._error is not None or loop.time() + delay > deadline:
+                    raise
+                self.stats.fetch_retries += 1
+                # The next node heard of: it serves, or answers 421 with the owner it knows.
+                known = list(self._nodes)
+                if self._owner in known and len(known) > 1:
+                    self._owner = known[(known.index(self._owner) + 1) % len(known)]
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     async def _fetch(self, content_id: str) -> tuple[int, str, bytes]:
         """``(version, content_type, body)`` from the owner; a 421 is followed once."""

@@ -92,3 +92,20 @@ def wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> N
         if time.monotonic() > deadline:
             raise TimeoutError(f"topics not served after {timeout:.0f} s: {', '.join(topics)}")
         time.sleep(0.1)
+
+
+def delete_topics(
+    settings: Settings, prefixes: tuple[str, ...], timeout: float = 30.0
+) -> list[str]:
+    """Delete every topic whose name starts with one of ``prefixes``; return their names.
+
+    For a run's own topics (a replay's ``replay-<run>-*`` and its worker's changelogs): left
+    behind, each run's partitions would pile up in the broker."""
+    if not prefixes:
+        return []
+    admin = admin_client(settings)
+    names = sorted(n for n in admin.list_topics(timeout=timeout).topics if n.startswith(prefixes))
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=timeout).values():
+            future.result(timeout)
+    return names

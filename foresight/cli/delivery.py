@@ -161,7 +161,8 @@ def agent_command(
 
     async def session() -> Table:
         table = Table("content", "from", "version", "bytes", "ms")
-        async with Agent(client_id, token, url) as agent:
+        # A person at a terminal: a few seconds of retrying, not an app's half minute.
+        async with Agent(client_id, token, url, connect_retry_s=3.0) as agent:
             console.print(f"connected to {agent.node_id} ({agent.owner_url})")
             await asyncio.sleep(watch)
             for content_id in gets:

@@ -101,6 +101,7 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
             f"{_fmt(summary['click_to_push_ms']['p99'], 'ms')}",
         ),
         ("lost events", _fmt(summary["lost_events"])),
+        ("requests that failed", _fmt(summary["errors"])),
         ("duplicate pushes", _fmt(summary["duplicate_pushes"])),
         ("duration", f"{summary['duration_s']:.0f} s"),
     ]
@@ -147,6 +148,7 @@ def _replay_options(
     baseline: bool,
     sweep: bool,
     out: Path,
+    chaos: tuple[str, ...] = (),
 ) -> Any:
     from foresight.replay import DEFAULT_SWEEP, ReplayOptions
 
@@ -160,6 +162,7 @@ def _replay_options(
         baseline=baseline,
         sweep=DEFAULT_SWEEP if sweep else (),
         run_dir=out,
+        chaos=chaos,
     )
 
 
@@ -175,7 +178,7 @@ def _common(command: Any) -> Any:
         click.option(
             "--clients",
             type=click.IntRange(1, 5000),
-            default=200,
+            default=100,
             show_default=True,
             help="Agents (sessions) replaying at the same time.",
         ),
@@ -227,6 +230,14 @@ def _common(command: Any) -> Any:
     required=True,
     help="Where to write the result as JSON.",
 )
+@click.option(
+    "--chaos",
+    "chaos_text",
+    default=None,
+    metavar="FAULTS",
+    help="Faults during the replay, in order, comma-separated: worker (kill -9, restart), "
+    "node (kill -9 one cache node), kafka, cassandra (each down for 10 s).",
+)
 @_common
 @click.pass_context
 def replay_command(
@@ -234,6 +245,7 @@ def replay_command(
     train: Path,
     test: Path,
     json_out: Path,
+    chaos_text: str | None,
     speed: float,
     clients: int,
     max_gap: float,
@@ -247,7 +259,13 @@ def replay_command(
     Starts the origin, a worker and two cache nodes (Kafka and Cassandra must be up), and
     writes the JSON result and an HTML report.
     """
+    from foresight.replay.chaos import parse_faults
+
     settings = settings_of(ctx)
+    try:
+        chaos = parse_faults(chaos_text) if chaos_text is not None else ()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--chaos") from None
     options = _replay_options(
         _check_file(train, "--train"),
         _check_file(test, "--test"),
@@ -258,6 +276,7 @@ def replay_command(
         baseline,
         sweep,
         out,
+        chaos,
     )
     _require_services(settings)
     run_and_report(settings, options, json_out)

@@ -48,9 +48,16 @@ class Tally:
     pushed_bytes: int = 0
     used_pushed_bytes: int = 0
     feedback_dropped: int = 0
+    feedback_unsent: int = 0
+    reconnects: int = 0
     errors: list[str] = field(default_factory=list)
     agents_done: int = 0
     clients_by_node: dict[str, int] = field(default_factory=dict)
+    _hits: int = 0  # kept as requests come, so the live display costs nothing per request
+
+    def add(self, request: Request) -> None:
+        self.requests.append(request)
+        self._hits += request.hit
 
     def on_push(self, push: Push, received_at: float) -> None:
         if push.event_ts is not None:
@@ -64,6 +71,8 @@ class Tally:
         self.late_pushes += stats.late_pushes
         self.pushed_bytes += stats.bytes_pushed
         self.feedback_dropped += stats.feedback_dropped
+        self.feedback_unsent += stats.feedback_unsent
+        self.reconnects += stats.reconnects
         self.used_pushed_bytes += sum(
             e.size for e in agent.cache.entries() if e.prefetched and e.used
         )
@@ -80,7 +89,7 @@ class Tally:
         done = self.requests
         recent = [r.latency_ms for r in done[-500:]]
         return {
-            "hit_ratio": self.hits / len(done) if done else 0.0,
+            "hit_ratio": self._hits / len(done) if done else 0.0,
             "p50_ms": percentile(recent, 0.5) if recent else 0.0,
         }
 
@@ -151,9 +160,13 @@ def summarize(
         "late_pushes": tally.late_pushes,
         "processed_events": processed,
         "views_dropped": tally.feedback_dropped,
+        # Feedback and views an agent still held at its close (a lost view is a lost event).
+        "views_unsent": tally.feedback_unsent,
+        "agent_reconnects": tally.reconnects,
         "latency_reduction": _ratio_drop(with_ms, without_ms),
         "duration_s": round(duration_s, 1),
         "errors": len(tally.errors),
+        "error_samples": tally.errors[:5],
     }
     summary.update(extra or {})
     return summary

@@ -34,17 +34,25 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
+from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from agents.sdk import Agent, AgentError
 from foresight import tokens
 from foresight.migrate import drop_keyspaces, migrate
+from foresight.replay.chaos import (
+    CHAOS_FIRST_S,
+    CHAOS_GAP_S,
+    Chaos,
+    cassandra_is_durable,
+    restart_cassandra_durable,
+)
 from foresight.replay.measure import Request, Tally, metric_sum, read_metrics, summarize, timeline
 from foresight.report import ReportData, write_report
 from foresight.ring import HashRing, Member
 from foresight.settings import Settings
 from foresight.stack import Child, Stack, http_text
-from foresight.topics import create_topics
+from foresight.topics import create_topics, delete_topics
 from producers.datasets import read_yoochoose
 from producers.publisher import InteractionPublisher
 from schemas import Interaction
@@ -75,13 +83,16 @@ class ReplayOptions:
     train: Path
     test: Path
     speed: float = 10.0
-    clients: int = 200
+    clients: int = 100
     max_gap_s: float = 2.0
     nodes: int = 2
     baseline: bool = True
     sweep: Sequence[float] = DEFAULT_SWEEP
     sessions: int | None = None  # only the first N test sessions (a quick run)
     run_dir: Path = Path("replay")
+    chaos: tuple[str, ...] = ()  # faults during the pass (foresight.replay.chaos)
+    chaos_first_s: float = CHAOS_FIRST_S
+    chaos_gap_s: float = CHAOS_GAP_S
 
 
 @dataclass
@@ -125,9 +136,12 @@ class Replay:
         self.options = options
         self.tag = f"{time.strftime('%Y%m%d%H%M%S')}{uuid.uuid4().hex[:4]}"
         self.settings = run_settings(settings, options, self.tag)
+        self.services = settings  # the local services' own settings (state folder, ports)
+        self.chaos: Chaos | None = None
         self.progress = progress
         self.stack = Stack()
         self.tally = Tally()
+        self.total_requests: int | None = None
         self.secret = self.settings.agent_token_secrets[0].get_secret_value()
         self.logs = options.run_dir / "logs"
         self.node_urls = [
@@ -200,6 +214,67 @@ class Replay:
             self.progress(phase, done, target)
         return done
 
+    def interaction_offsets(self) -> dict[int, int]:
+        """The run's interactions topic: each partition's end offset."""
+        topic = self.settings.topic_interactions
+        consumer = Consumer(self._probe_config(f"foresight-replay-probe-{self.tag}"))
+        try:
+            meta = consumer.list_topics(topic, timeout=30).topics[topic]
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+                for p in meta.partitions
+            }
+        finally:
+            consumer.close()
+
+    def committed_offsets(self) -> dict[int, int]:
+        """The offsets the worker group committed on the run's interactions topic: what it
+        processed, whatever became of the worker processes (a restart resets their metrics);
+        Faust commits every few seconds, so wait_consumed also reads the worker's own handled
+        offsets."""
+        topic = self.settings.topic_interactions
+        consumer = Consumer(self._probe_config(self.settings.worker_group))
+        try:
+            meta = consumer.list_topics(topic, timeout=30).topics[topic]
+            wanted = [TopicPartition(topic, p) for p in meta.partitions]
+            return {tp.partition: tp.offset for tp in consumer.committed(wanted, timeout=30)}
+        finally:
+            consumer.close()
+
+    def _probe_config(self, group: str) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "logger": logging.getLogger("librdkafka"),
+        }
+
+    def wait_consumed(self, start: Mapping[int, int], target: int) -> tuple[int, int]:
+        """Wait until the worker group committed ``target`` interactions past ``start`` (or
+        made no progress for DRAIN_IDLE_S); return (processed, published to Kafka)."""
+
+        def consumed() -> int:
+            done = self.committed_offsets()
+            try:
+                values = self.worker_metrics()
+            except OSError:  # a worker restarting: its commits still count
+                values = {}
+            for (name, labels), value in values.items():
+                if name == "foresight_worker_handled_offset":
+                    partition = int(dict(labels)["partition"])
+                    done[partition] = max(done.get(partition, 0), int(value))
+            return sum(max(0, done.get(p, 0) - first) for p, first in start.items())
+
+        done, idle_since = consumed(), time.monotonic()
+        while done < target and time.monotonic() - idle_since < DRAIN_IDLE_S:
+            time.sleep(0.5)
+            now = consumed()
+            if now > done:
+                done, idle_since = now, time.monotonic()
+            self.progress("draining", done, target)
+        end = self.interaction_offsets()
+        return done, sum(end.get(p, 0) - first for p, first in start.items())
+
     def wait_ring(self, members: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -225,7 +300,7 @@ class Replay:
     async def with_prefetching(self, sessions: list[list[Interaction]]) -> None:
         started = time.monotonic()
         gate = asyncio.Semaphore(self.options.clients)
-        total = sum(len(s) for s in sessions)
+        self.total_requests = sum(len(s) for s in sessions)
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
 
@@ -234,9 +309,29 @@ class Replay:
                     await asyncio.sleep(index * RAMP_S / self.options.clients)
                 async with gate:
                     await self._play_session(http, index, events, started)
-                    self.progress("replaying", len(self.tally.requests), total, self.live())
 
+            chaos = None
+            if self.options.chaos:
+                chaos = asyncio.create_task(self._strike(started))
             await asyncio.gather(*(play(i, s) for i, s in enumerate(sessions)))
+            if chaos is not None:
+                await chaos
+
+    async def _strike(self, started: float) -> None:
+        """The faults, one after the other, while the agents play (foresight.replay.chaos)."""
+        self.chaos = Chaos(
+            self.options.chaos,
+            self.stack,
+            self.services,
+            [f"node-{n}" for n in range(self.options.nodes)],
+        )
+        await asyncio.sleep(self.options.chaos_first_s)
+        for n, fault in enumerate(self.options.chaos):
+            if n:
+                await asyncio.sleep(self.options.chaos_gap_s)
+            self.progress(f"chaos: {fault}", 0, 1)
+            await asyncio.to_thread(self.chaos.strike, fault, started)
+            self.progress(f"chaos: {fault}", 1, 1)
 
     async def _play_session(
         self, http: aiohttp.ClientSession, index: int, events: list[Interaction], t0: float
@@ -248,6 +343,7 @@ class Replay:
             client,
             token,
             bootstrap,
+            nodes=self.node_urls,
             session=http,
             unused_ttl_s=None,
             on_push=self.tally.on_push,
@@ -265,7 +361,7 @@ class Replay:
                 except AgentError as exc:
                     self.tally.errors.append(f"{client} {event.content_id}: {exc}")
                     continue
-                self.tally.requests.append(
+                self.tally.add(
                     Request(
                         at=time.monotonic() - t0,
                         client_id=client,
@@ -277,7 +373,9 @@ class Replay:
                     )
                 )
                 if len(self.tally.requests) % 50 == 0:
-                    self.progress("replaying", len(self.tally.requests), None, self.live())
+                    self.progress(
+                        "replaying", len(self.tally.requests), self.total_requests, self.live()
+                    )
         except AgentError as exc:
             self.tally.errors.append(f"{client}: {exc}")
         finally:
@@ -375,19 +473,23 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
     without: list[float] = []
     sweep: list[dict[str, float]] = []
     interrupted = False
-    processed = 0
+    processed = published = 0
     online_hr: float | None = None
     worker_lag_ms: float | None = None
     load: dict[str, dict[str, float]] = {}
     began = time.monotonic()
     try:
+        if "cassandra" in options.chaos and not cassandra_is_durable(settings):
+            # A durability run must not use the test-only no-fsync flags.
+            progress("restarting Cassandra with fsync on", 0, None)
+            restart_cassandra_durable(settings)
         with run.stack:
             run.start_core()
             run.warm()
             run.start_nodes(run.settings)
             run.wait_ring(options.nodes)
             before = run.worker_metrics()
-            first = run.processed()
+            start = run.interaction_offsets()
             began = time.monotonic()
             try:
                 asyncio.run(run.with_prefetching(sessions))
@@ -395,8 +497,12 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
                 interrupted = True
             duration = time.monotonic() - began
             if not interrupted:
-                processed = run.wait_processed(len(run.tally.requests), "draining", first)
+                processed, published = run.wait_consumed(start, len(run.tally.requests))
                 after = run.worker_metrics()
+                if metric_sum(after, "foresight_online_scored_total") < metric_sum(
+                    before, "foresight_online_scored_total"
+                ):
+                    before = {}  # the worker restarted (chaos): its counters began again
                 scored = metric_sum(after, "foresight_online_scored_total") - metric_sum(
                     before, "foresight_online_scored_total"
                 )
@@ -424,9 +530,12 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
         interrupted = True
         duration = time.monotonic() - began
     finally:
-        # The run's keyspaces served only this run; their tables cost Cassandra heap.
+        # The run's keyspaces and topics served only this run; left, they cost Cassandra heap
+        # and broker memory run after run.
         with contextlib.suppress(Exception):
             drop_keyspaces(run.settings, run.settings.cassandra_keyspace)
+        with contextlib.suppress(Exception):
+            delete_topics(run.settings, (f"replay-{run.tag}", run.settings.worker_group))
     if not interrupted:
         sweep = sweep_points(run.settings, options, progress)
     summary = summarize(
@@ -445,6 +554,9 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
             "interrupted": interrupted,
             # From a request's Kafka timestamp to the worker starting on it, mean over the pass.
             "worker_consume_lag_ms": worker_lag_ms,
+            # Interactions that reached Kafka (requests minus this: never published).
+            "published_events": published,
+            "chaos": run.chaos.as_json() if run.chaos is not None else [],
         },
     )
     report = ReportData(

@@ -12,6 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -68,6 +69,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def replay_settings(settings: Settings) -> Settings:
+    """A replay's processes on ports of their own (the test's settings otherwise)."""
+    return settings.model_copy(
+        update={
+            "worker_web_port": free_port(),
+            "origin_port": (origin := free_port()),
+            "origin_url_template": f"http://127.0.0.1:{origin}/content/{{content_id}}",
+            "cache_node_base_port": free_port(),
+        }
+    )
+
+
+def small_train(source: Path, target: Path, lines: int = 4000) -> Path:
+    """The first ``lines`` clicks of a training TSV: enough to warm a replay's model fast."""
+    with source.open() as handle:
+        target.write_text("".join(next(handle) for _ in range(lines)))
+    return target
 
 
 def end_offsets(settings: Settings, topic: str) -> int:

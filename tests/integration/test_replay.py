@@ -11,29 +11,16 @@ from pathlib import Path
 
 from foresight.settings import Settings
 
-from .conftest import free_port, settings_env
+from .conftest import replay_settings, settings_env, small_train
 
 SESSIONS = 40
-
-
-def _small_train(source: Path, target: Path, lines: int = 4000) -> Path:
-    with source.open() as handle:
-        target.write_text("".join(next(handle) for _ in range(lines)))
-    return target
 
 
 def test_a_replay_accounts_for_every_request_and_writes_its_report(
     settings: Settings, yoochoose_dir: Path, tmp_path: Path
 ) -> None:
-    mine = settings.model_copy(
-        update={
-            "worker_web_port": free_port(),
-            "origin_port": (origin := free_port()),
-            "origin_url_template": f"http://127.0.0.1:{origin}/content/{{content_id}}",
-            "cache_node_base_port": free_port(),
-        }
-    )
-    train = _small_train(yoochoose_dir / "train_valid.tsv", tmp_path / "train.tsv")
+    mine = replay_settings(settings)
+    train = small_train(yoochoose_dir / "train_valid.tsv", tmp_path / "train.tsv")
     out = tmp_path / "run"
     result = subprocess.run(
         [

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from agents import sdk
 from agents.sdk import (
     Agent,
     AgentAuthError,
@@ -23,6 +24,7 @@ from agents.sdk import (
 )
 from foresight import tokens
 from schemas.protocol import (
+    BEACON_PATH,
     MAX_MESSAGE_BYTES,
     WS_PATH,
     CloseCode,
@@ -81,6 +83,8 @@ class FakeNode:
         self.heartbeat_s = 25.0
         self.answer_pings = True
         self.corrupt = False
+        self.beacons: list[list[dict[str, Any]]] = []
+        self.accept_beacons = True
         self.server = TestServer(self._app(), host="127.0.0.1")
 
     @property
@@ -95,6 +99,7 @@ class FakeNode:
         app = web.Application()
         app.router.add_get(WS_PATH, self._agent_ws)
         app.router.add_get("/v1/content/{content_id}", self._content)
+        app.router.add_post(BEACON_PATH, self._beacon)
         return app
 
     async def send(self, *messages: Message) -> None:
@@ -162,6 +167,12 @@ class FakeNode:
     async def redirect(self, to: FakeNode) -> None:
         await self.send(self._redirect(to))
         await self.close_session(CloseCode.MOVED)
+
+    async def _beacon(self, request: web.Request) -> web.Response:
+        if not self.accept_beacons:
+            return web.Response(status=503)
+        self.beacons.append(await request.json())
+        return web.json_response({"recorded": len(self.beacons[-1]), "refused": 0}, status=202)
 
     async def _content(self, request: web.Request) -> web.Response:
         content_id = request.match_info["content_id"]
@@ -390,7 +401,7 @@ async def test_more_than_three_redirects_without_a_welcome_fail_the_connect(
     a, b = await net.node("node-a"), await net.node("node-b")
     a.redirect_to, b.redirect_to = b, a
     with pytest.raises(AgentConnectionError, match="redirects"):
-        await net.agent(a).connect()
+        await net.agent(a, connect_retry_s=0).connect()
     assert len(a.hellos) + len(b.hellos) == 4
 
 
@@ -582,7 +593,7 @@ async def test_expired_prefetches_are_reported(net: Network) -> None:
 
 async def test_an_unreachable_node_fails_the_connect(net: Network) -> None:
     node = await net.node("node-a")
-    agent = net.agent(node)
+    agent = net.agent(node, connect_retry_s=0.05)  # it tries again, then gives up
     await node.server.close()
     net.nodes.remove(node)
     with pytest.raises(AgentConnectionError):
@@ -599,3 +610,78 @@ async def test_close_sends_the_feedback_still_queued(net: Network) -> None:
         await agent.close()
     assert await node.next_feedback() == ("a", 1, "miss")
     assert not agent.connected
+
+
+async def test_close_during_a_reconnect_delivers_the_queued_view_on_the_new_socket(
+    net: Network,
+) -> None:
+    node = await net.node("node-a")
+    node.content["a"] = (1, b"a")
+    agent = await net.connected(node)
+    await agent.get("a")
+    assert await node.next_feedback() == ("a", 1, "miss")
+    node.welcome_gate.clear()
+    await node.close_session(CloseCode.TRY_AGAIN_LATER)  # shed under load: the agent retries
+    await eventually(lambda: len(node.hellos) == 2)
+    assert (await agent.get("a")).from_cache  # its view waits for the next socket
+    closing = asyncio.create_task(agent.close())
+    await asyncio.sleep(0.2)
+    node.welcome_gate.set()  # the reconnect completes while close() waits for it
+    async with asyncio.timeout(DELIVERY_S):
+        await closing
+    await eventually(lambda: [v.content_id for v in node.views] == ["a"])
+    assert agent.stats.feedback_unsent == 0
+
+
+async def test_close_gives_up_on_a_node_that_never_comes_back_and_counts_what_it_held(
+    net: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sdk, "CLOSE_WAIT_S", 0.3)
+    node = await net.node("node-a")
+    node.content["a"] = (1, b"a")
+    agent = await net.connected(node)
+    await agent.get("a")
+    assert await node.next_feedback() == ("a", 1, "miss")
+    node.welcome_gate.clear()
+    node.accept_beacons = False
+    await node.close_session(CloseCode.TRY_AGAIN_LATER)
+    await eventually(lambda: len(node.hellos) == 2)
+    await agent.get("a")
+    async with asyncio.timeout(DELIVERY_S):
+        await agent.close()
+    assert agent.stats.feedback_unsent == 1 and node.views == [] and node.beacons == []
+
+
+async def test_close_without_a_socket_posts_what_it_holds_to_a_node_that_takes_it(
+    net: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sdk, "CLOSE_WAIT_S", 0.3)
+    a, b = await net.node("node-a"), await net.node("node-b")
+    a.content["a"] = (1, b"a")
+    agent = await net.connected(a, nodes=[b.url])
+    await agent.get("a")
+    assert await a.next_feedback() == ("a", 1, "miss")
+    a.welcome_gate.clear()
+    b.welcome_gate.clear()  # no socket anywhere: only a beacon can carry the view
+    a.accept_beacons = False
+    await a.close_session(CloseCode.TRY_AGAIN_LATER)
+    await eventually(lambda: len(a.hellos) + len(b.hellos) >= 2)
+    await agent.get("a")
+    async with asyncio.timeout(DELIVERY_S):
+        await agent.close()
+    assert [m["type"] for m in b.beacons[0]] == ["view"]
+    assert b.beacons[0][0]["content_id"] == "a"
+    assert agent.stats.feedback_unsent == 0 and agent.stats.beacons == 1
+
+
+async def test_a_get_while_the_owner_is_gone_is_served_by_another_known_node(
+    net: Network,
+) -> None:
+    a, b = await net.node("node-a"), await net.node("node-b")
+    b.content["x"] = (3, b"xyz")
+    agent = await net.connected(a, nodes=[b.url])
+    await a.close_session(CloseCode.GOING_AWAY)
+    await a.server.close()  # the owner is gone; node-b now serves its clients
+    result = await agent.get("x")
+    assert (result.body, result.version, result.from_cache) == (b"xyz", 3, False)
+    assert b.http_requests  # served by node-b
