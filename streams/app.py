@@ -17,6 +17,8 @@ from typing import Any
 
 import faust
 import msgspec
+from cassandra import DriverException
+from cassandra.cluster import NoHostAvailable
 from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -263,7 +265,13 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=settings.snapshot_interval_s)
     async def periodic_snapshot() -> None:
-        await snapshot_now()
+        # Cassandra down must not stop the worker (a Faust timer's exception crashes the
+        # app): the signals stay in memory and the next snapshot carries them.
+        try:
+            await snapshot_now()
+        except (DriverException, NoHostAvailable, OSError) as exc:
+            metrics.SNAPSHOT_FAILURES.inc()
+            log.warning("global-signals snapshot failed, kept for the next one: %r", exc)
 
     @app.on_before_shutdown.connect
     async def final_snapshot(app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:

@@ -48,3 +48,7 @@ HANDLED_OFFSET = Gauge(
     "The next offset to handle on each interactions partition this worker reads (last + 1)",
     ["partition"],
 )
+SNAPSHOT_FAILURES = Counter(
+    "foresight_worker_snapshot_failures_total",
+    "Periodic snapshots of the global signals that Cassandra did not take (retried next time)",
+)
