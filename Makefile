@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FORESIGHT := $(BIN)/foresight
 DATA ?= ../shared/data/yoochoose-100k
 
-.PHONY: help install services-up services-down services-status run test test-unit \
+.PHONY: help install services-up services-down services-status run test test-unit soak \
         test-integration lint typecheck bench schemas clean
 
 help: ## Show this help
@@ -61,6 +61,9 @@ bench: services-up ## Benchmarks: each prints one JSON object
 	$(BIN)/python bench/ring.py
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/sweep.py
+
+soak: services-up ## About five minutes of steady replay: RSS per process and queues (JSON)
+	$(BIN)/python bench/soak.py --seconds 300 --clients 100
 
 schemas: install ## Re-export the JSON Schemas from the records
 	$(FORESIGHT) schemas export
