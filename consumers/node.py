@@ -19,21 +19,17 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from cassandra import DriverException
-from cassandra.cluster import NoHostAvailable
-
 from consumers.fetcher import Fetcher, FetchFailed, FetchRefused
 from consumers.metrics import CLICK_TO_PUSH_SECONDS, FETCH_SECONDS, PUSHES
 from consumers.sessions import AgentSession, SessionRegistry
 from consumers.store import ContentStore, StoredVersion
+from foresight.cassandra import CASSANDRA_DOWN
 from foresight.push_rule import worth_its_bytes
 from schemas import ContentUpdate, PrefetchCommand
 from schemas.protocol import Push, Update, encode_message
 
 log = logging.getLogger(__name__)
 
-#: What the Cassandra driver raises when the cluster does not answer (down, timing out).
-STORE_DOWN = (DriverException, NoHostAvailable, OSError)
 #: Cassandra writes a node lets run without waiting for them (see CacheNode._background).
 MAX_BACKGROUND_WRITES = 2000
 #: Holdings written together: pushes come in bursts (a click's commands), and a request per
@@ -156,7 +152,7 @@ class CacheNode:
                 if stored is not None:
                     self.bodies.put(stored)
                     return stored
-        except STORE_DOWN as exc:
+        except CASSANDRA_DOWN as exc:
             # Cassandra does not answer: the origin still does. Its version header keeps
             # versions consistent; an origin without one starts counting at 1 again.
             self.counters.store_failures += 1

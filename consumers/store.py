@@ -166,11 +166,7 @@ class ContentStore:
 
     async def record_holding(self, client_id: str, item: StoredVersion) -> None:
         """The agent holds the item: both indexes (by client and by content) in one request."""
-        await self._run_together(
-            "record_holding",
-            (self._put_holding, (client_id, item.content_id, item.version, item.digest, _now())),
-            (self._put_holder, (item.content_id, client_id, item.version)),
-        )
+        await self.record_holdings([(client_id, item)])
 
     async def record_holdings(self, held: Sequence[tuple[str, StoredVersion]]) -> None:
         """Several (client, item) holdings in one request (see CacheNode: pushes come in

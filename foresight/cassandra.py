@@ -6,10 +6,20 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra import DriverException
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from foresight.settings import Settings
+
+#: What the driver raises when the cluster does not answer (down, timing out, unreachable).
+CASSANDRA_DOWN = (DriverException, NoHostAvailable, OSError)
 
 
 def make_cluster(hosts: Sequence[str], port: int, request_timeout: float = 10.0) -> Cluster:

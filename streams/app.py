@@ -17,12 +17,10 @@ from typing import Any
 
 import faust
 import msgspec
-from cassandra import DriverException
-from cassandra.cluster import NoHostAvailable
 from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from foresight.cassandra import connect
+from foresight.cassandra import CASSANDRA_DOWN, connect
 from foresight.membership import MembershipWatcher
 from foresight.settings import Settings
 from schemas import DeadLetter, Feedback, Interaction, InvalidRecord, decode, encode
@@ -269,7 +267,7 @@ def create_app(settings: Settings) -> faust.App:
         # app): the signals stay in memory and the next snapshot carries them.
         try:
             await snapshot_now()
-        except (DriverException, NoHostAvailable, OSError) as exc:
+        except CASSANDRA_DOWN as exc:
             metrics.SNAPSHOT_FAILURES.inc()
             log.warning("global-signals snapshot failed, kept for the next one: %r", exc)
 
