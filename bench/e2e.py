@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from foresight import tokens
 from foresight.cassandra import connect
 from foresight.migrate import migrate
 from foresight.settings import Settings
+from foresight.stack import free_port
 from foresight.topics import create_topics
 from producers.datasets import read_yoochoose
 from producers.publisher import InteractionPublisher
@@ -42,12 +42,6 @@ from streams.engine import command_id
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yoochoose-100k"
 SECRET = "bench-secret-0123456789abcdef-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -261,7 +255,7 @@ def main() -> None:
     tag = uuid.uuid4().hex[:8]
     base = Settings()
     with tempfile.TemporaryDirectory() as state:
-        origin_port, node_port, worker_port = _free_port(), _free_port(), _free_port()
+        origin_port, node_port, worker_port = free_port(), free_port(), free_port()
         settings = base.with_topic_prefix(f"e2e-{tag}").model_copy(
             update={
                 "cassandra_keyspace": f"e2e_{tag}",

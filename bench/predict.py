@@ -18,7 +18,6 @@ import json
 import os
 import pstats
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from foresight.kafka import producer_config
 from foresight.migrate import migrate
 from foresight.ring import HashRing, Member
 from foresight.settings import Settings
+from foresight.stack import free_port
 from foresight.topics import create_topics
 from producers.datasets import read_yoochoose
 from producers.publisher import InteractionPublisher
@@ -91,12 +91,6 @@ def profile(events: list[Interaction], top: int = 12) -> list[dict[str, Any]]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _metric(port: int, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
@@ -113,7 +107,7 @@ def through_worker(base: Settings, events: list[Interaction]) -> float:
         settings = base.with_topic_prefix(f"bench-{tag}").model_copy(
             update={
                 "worker_group": f"bench-{tag}",
-                "worker_web_port": _free_port(),
+                "worker_web_port": free_port(),
                 "state_dir": Path(state),
             }
         )

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +27,37 @@ from typing import Self
 #: loaded two-core machine needs most of this.
 START_TIMEOUT_S = 120.0
 STOP_GRACE_S = 30.0
+
+
+#: The kernel hands out outgoing connections' local ports from this range; a port picked by
+#: binding port 0 lies in it too, and may be taken by any client connection before the child
+#: that was meant to listen on it binds it (a CI run lost a test to that).
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_FREE_PORT = 10000
+
+
+def free_port(span: int = 1) -> int:
+    """A port ``p`` with ``p .. p + span - 1`` free on loopback, below the ephemeral range so
+    that no outgoing connection takes one of them before a child binds it."""
+    try:
+        ephemeral_low = int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    highest = max(LOWEST_FREE_PORT + span, ephemeral_low - span)
+    for _ in range(200):
+        port = random.randrange(LOWEST_FREE_PORT, highest)
+        if all(_bindable(port + n) for n in range(span)):
+            return port
+    raise RuntimeError(f"no {span} free consecutive ports below {ephemeral_low}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class ChildFailed(RuntimeError):

@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from foresight.kafka import producer_config
 from foresight.migrate import migrate
 from foresight.settings import Settings
-from tests.integration.conftest import free_port, settings_env
+from foresight.stack import free_port
+from tests.integration.conftest import settings_env
 from tests.integration.processes import delivery_settings, foresight_processes
 
 SECRET = "fuzz-secret-0123456789abcdef-0123456789abcdef"

@@ -9,7 +9,6 @@ Each test gets its own topics and keyspace, so tests never see each other's reco
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from foresight.migrate import drop_keyspaces
 from foresight.settings import Settings
+from foresight.stack import free_port
 from foresight.topics import admin_client, create_topics
 
 from .backends import docker_services, local_services
@@ -65,12 +65,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env | settings.as_environment()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def replay_settings(settings: Settings) -> Settings:
     """A replay's processes on ports of their own (the test's settings otherwise)."""
     return settings.model_copy(
@@ -78,7 +72,7 @@ def replay_settings(settings: Settings) -> Settings:
             "worker_web_port": free_port(),
             "origin_port": (origin := free_port()),
             "origin_url_template": f"http://127.0.0.1:{origin}/content/{{content_id}}",
-            "cache_node_base_port": free_port(),
+            "cache_node_base_port": free_port(span=4),  # node n listens on base + n
         }
     )
 

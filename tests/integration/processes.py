@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from foresight.settings import Settings
-
-from .conftest import free_port
+from foresight.stack import free_port
 
 # Start-up of a process: Faust's group join and recovery, Cassandra sessions, the ring
 # catch-up; 90 s covers a cold, loaded two-core machine.
@@ -51,7 +50,7 @@ def delivery_settings(settings: Settings, state_dir: Path, secret: str) -> Setti
             "origin_port": origin_port,
             "origin_latency_ms": 0.0,
             "origin_url_template": f"http://127.0.0.1:{origin_port}/content/{{content_id}}",
-            "cache_node_base_port": free_port(),
+            "cache_node_base_port": free_port(span=4),  # node n listens on base + n
             "state_dir": state_dir,
             "agent_token_secrets": [secret],
             "snapshot_interval_s": 3600.0,

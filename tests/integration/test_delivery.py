@@ -13,9 +13,10 @@ import json
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -25,6 +26,7 @@ from foresight import tokens
 from foresight.migrate import migrate
 from foresight.ring import HashRing, Member
 from foresight.settings import Settings
+from foresight.stack import free_port
 from producers.datasets import read_yoochoose
 from producers.publisher import InteractionPublisher
 from schemas import Interaction
@@ -38,12 +40,15 @@ from schemas.protocol import (
     encode_message,
 )
 
-from .conftest import free_port, settings_env
+from .conftest import settings_env
 from .processes import delivery_settings, foresight_processes
 
 SECRET = "integration-secret-0123456789abcdef-0123456789"
 # From a published interaction to a push: the worker and the node each poll Kafka.
 PUSH_TIMEOUT_S = 30.0
+# A whole scenario; past it the scenario is cancelled, and the failure shows the await it was
+# stuck in (pytest-timeout's dump shows only the event loop's select).
+SCENARIO_TIMEOUT_S = 150.0
 
 
 @dataclass
@@ -142,6 +147,10 @@ async def _next(ws: aiohttp.ClientWebSocketResponse, kind: type, wait_s: float) 
     raise AssertionError(f"no {kind.__name__} in {wait_s} s")
 
 
+async def _bounded(scenario: Coroutine[Any, Any, None]) -> None:
+    await asyncio.wait_for(scenario, SCENARIO_TIMEOUT_S)
+
+
 def _read(request: str | urllib.request.Request) -> bytes:
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
@@ -195,7 +204,7 @@ def test_a_click_leads_to_a_push_and_a_bump_reaches_only_the_holder(
             assert after["pending"] == before["pending"]
             assert after["pushed"] == before["pushed"]
 
-    asyncio.run(scenario())
+    asyncio.run(_bounded(scenario()))
 
 
 def _click(d: Delivery, event_id: str, client_id: str, content_id: str) -> None:
@@ -258,7 +267,7 @@ def test_forged_and_foreign_tokens_and_escaping_ids_are_refused(delivery: Delive
                 async with session.get(f"{node}/v1/content/{escape}", headers=good) as refused:
                     assert refused.status in (400, 404), escape
 
-    asyncio.run(scenario())
+    asyncio.run(_bounded(scenario()))
 
 
 async def _until(condition: Callable[[], bool], wait_s: float) -> None:
@@ -315,4 +324,4 @@ def test_an_agent_is_served_from_its_cache_and_keeps_it_when_its_node_stops(
             assert not fetched.from_cache and fetched.body
             assert agent.stats.duplicate_pushes == 0
 
-    asyncio.run(scenario())
+    asyncio.run(_bounded(scenario()))

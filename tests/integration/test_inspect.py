@@ -22,10 +22,11 @@ from agents.sdk import Agent
 from foresight import tokens
 from foresight.migrate import migrate
 from foresight.settings import Settings
+from foresight.stack import free_port
 from producers.publisher import InteractionPublisher
 from schemas import Interaction
 
-from .conftest import free_port, settings_env
+from .conftest import settings_env
 from .processes import delivery_settings, foresight_processes
 
 SECRET = "integration-secret-0123456789abcdef-0123456789"

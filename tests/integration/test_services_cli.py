@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import psutil
 import pytest
 
 from foresight.settings import Settings
+from foresight.stack import free_port
 
 FORESIGHT = [sys.executable, "-m", "foresight"]
 
@@ -66,12 +66,6 @@ def other_state(tmp_path: Path) -> Iterator[dict[str, str]]:
     _run("services", "down", env=env)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_a_port_taken_by_another_program_is_one_line(
     base_settings: Settings, other_state: dict[str, str]
 ) -> None:
@@ -92,8 +86,8 @@ def test_a_service_dying_during_start_shows_its_log(
     base_settings: Settings, other_state: dict[str, str]
 ) -> None:
     env = other_state | {
-        "FORESIGHT_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{_free_port()}",
-        "FORESIGHT_KAFKA_CONTROLLER_PORT": str(_free_port()),
+        "FORESIGHT_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "FORESIGHT_KAFKA_CONTROLLER_PORT": str(free_port()),
         # a heap no machine has: the JVM exits at once
         "FORESIGHT_KAFKA_HEAP_MB": "999999999",
     }

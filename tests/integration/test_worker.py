@@ -24,13 +24,14 @@ from foresight.kafka import producer_config
 from foresight.migrate import migrate
 from foresight.ring import HashRing, Member
 from foresight.settings import Settings
+from foresight.stack import free_port
 from producers.datasets import read_yoochoose
 from producers.publisher import InteractionPublisher
 from schemas import DeadLetter, Interaction, PrefetchCommand, RingMember, decode, encode
 from streams.engine import ClientRecord, Engine, EngineConfig
 from streams.predictor import Foresight
 
-from .conftest import free_port, read_all, settings_env
+from .conftest import read_all, settings_env
 
 # Start-up of a worker: Faust joins the group, creates and recovers its changelog and loads
 # the snapshot; 90 s covers a cold, loaded two-core machine.
