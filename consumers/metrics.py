@@ -43,6 +43,11 @@ DEAD_LETTERS = Counter(
 FEEDBACK = Counter(
     "foresight_node_feedback_total", "Agent feedback relayed, by outcome", ["outcome"]
 )
+DELIVERIES = Counter(
+    "foresight_node_kafka_deliveries_total",
+    "Records the node produced, by Kafka's final word: delivered, or failed after retries",
+    ["outcome"],
+)
 PRODUCER_QUEUE = Gauge(
     "foresight_node_producer_queue", "Records waiting in the node's Kafka producer for an ack"
 )

@@ -356,7 +356,14 @@ class CacheNode:
     async def deliver_pending(self, session: AgentSession) -> int:
         """On connect: push what was kept for this agent while it was away."""
         delivered = 0
-        for content_id, version in (await self.store.pending(session.client_id)).items():
+        try:
+            pending = await self.store.pending(session.client_id)
+        except CASSANDRA_DOWN as exc:
+            # The agent is welcome all the same; its pending rows wait for its next connect.
+            self.counters.store_failures += 1
+            log.warning("store unavailable, pending for %s kept: %r", session.client_id, exc)
+            return 0
+        for content_id, version in pending.items():
             if session.holdings.get(content_id, -1) < version:
                 item = self.bodies.get(content_id, version) or await self.store.version(
                     content_id, version

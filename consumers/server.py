@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumers.fetcher import Fetcher, FetcherConfig, FetchFailed, FetchRefused
@@ -31,6 +31,7 @@ from consumers.metrics import (
     BEACONS,
     COMMANDS,
     DEAD_LETTERS,
+    DELIVERIES,
     EVENTS_OUT,
     FEEDBACK,
     PRODUCER_QUEUE,
@@ -106,6 +107,25 @@ def ws_url(http_url: str) -> str:
     return http_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + WS_PATH
 
 
+def _delivery_report(err: KafkaError | None, msg: Message) -> None:
+    """librdkafka's final word on each record: a failure here is a record lost for good."""
+    if err is None:
+        DELIVERIES.labels("delivered").inc()
+        return
+    DELIVERIES.labels("failed").inc()
+    log.error("kafka did not take a record for %s (key %r): %s", msg.topic(), msg.key(), err)
+
+
+def _kafka_error(err: KafkaError) -> None:
+    """Errors of the producer as a whole; a fatal one (idempotence broken) stops producing."""
+    if err.fatal():
+        log.critical("kafka producer failed for good: %s", err)
+    elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+        log.warning("kafka producer: %s; records wait in its queue", err)
+    else:  # one per connection attempt while a broker is away
+        log.debug("kafka producer: %s", err)
+
+
 class NodeProcess:
     """Everything one node process holds, started and stopped by the app's cleanup context."""
 
@@ -114,7 +134,12 @@ class NodeProcess:
         self.config = config
         self.sessions = SessionRegistry()
         self.ring = MembershipWatcher(settings)
-        self.producer = Producer(producer_config(settings, **{"linger.ms": 1}))
+        self.producer = Producer(
+            producer_config(
+                settings,
+                **{"linger.ms": 1, "on_delivery": _delivery_report, "error_cb": _kafka_error},
+            )
+        )
         self.secrets = settings.agent_token_secrets
         self.leaving = False
         self._stop = threading.Event()

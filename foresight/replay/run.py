@@ -27,6 +27,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ from foresight.stack import Child, Stack, http_text
 from foresight.topics import create_topics, delete_topics
 from producers.datasets import read_yoochoose
 from producers.publisher import InteractionPublisher
-from schemas import Interaction
+from schemas import Interaction, InvalidRecord, decode
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +276,38 @@ class Replay:
         end = self.interaction_offsets()
         return done, sum(end.get(p, 0) - first for p, first in start.items())
 
+    def unpublished(self, start: Mapping[int, int], limit: int = 10) -> list[dict[str, Any]]:
+        """The pass's requests with no interaction in Kafka (up to ``limit``): which, when,
+        and whether the agent's cache answered them (a view) or its node did (a request)."""
+        topic = self.settings.topic_interactions
+        end = self.interaction_offsets()
+        want = sum(max(0, end.get(p, 0) - first) for p, first in start.items())
+        consumer = Consumer(self._probe_config(f"foresight-replay-probe-{self.tag}"))
+        seen: Counter[tuple[str, str]] = Counter()
+        try:
+            consumer.assign([TopicPartition(topic, p, first) for p, first in start.items()])
+            read, deadline = 0, time.monotonic() + 60
+            while read < want and time.monotonic() < deadline:
+                for message in consumer.consume(1000, timeout=1.0):
+                    if message.error() is not None:
+                        continue
+                    read += 1
+                    with contextlib.suppress(InvalidRecord):
+                        event = decode(Interaction, message.value() or b"")
+                        seen[(event.client_id, event.content_id)] += 1
+        finally:
+            consumer.close()
+        missing: list[dict[str, Any]] = []
+        for r in sorted(self.tally.requests, key=lambda r: r.at):
+            if seen[(r.client_id, r.content_id)] > 0:
+                seen[(r.client_id, r.content_id)] -= 1
+            elif len(missing) < limit:
+                kind = "view" if r.hit else "request"
+                missing.append(
+                    {"client_id": r.client_id, "content_id": r.content_id, "at_s": r.at, "kind": kind}
+                )
+        return missing
+
     def wait_ring(self, members: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -474,6 +507,7 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
     sweep: list[dict[str, float]] = []
     interrupted = False
     processed = published = 0
+    unpublished: list[dict[str, Any]] = []
     online_hr: float | None = None
     worker_lag_ms: float | None = None
     load: dict[str, dict[str, float]] = {}
@@ -498,6 +532,8 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
             duration = time.monotonic() - began
             if not interrupted:
                 processed, published = run.wait_consumed(start, len(run.tally.requests))
+                if published < len(run.tally.requests):
+                    unpublished = run.unpublished(start)
                 after = run.worker_metrics()
                 if metric_sum(after, "foresight_online_scored_total") < metric_sum(
                     before, "foresight_online_scored_total"
@@ -556,6 +592,7 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
             "worker_consume_lag_ms": worker_lag_ms,
             # Interactions that reached Kafka (requests minus this: never published).
             "published_events": published,
+            "unpublished_samples": unpublished,
             "chaos": run.chaos.as_json() if run.chaos is not None else [],
         },
     )
