@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import re
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,11 +35,15 @@ import msgspec
 
 from agents.cache import DropReason, Entry, LocalCache
 from schemas.protocol import (
+    ACKED_HEADER,
     BEACON_MAX,
     BEACON_PATH,
+    EVENT_HEADER,
+    MAX_ACK_IDS,
     MAX_HOLDINGS,
     MAX_MESSAGE_BYTES,
     WS_PATH,
+    Ack,
     CloseCode,
     Error,
     Feedback,
@@ -75,8 +81,10 @@ SEND_TIMEOUT_S = 10.0
 FLUSH_TIMEOUT_S = 1.0
 BEACON_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 #: How long close() lets a reconnect in progress deliver the feedback still queued (a node
-#: that shed the socket under load comes back within the first backoffs).
+#: that shed the socket under load comes back within the first backoffs), and waits for the
+#: acks of the views and requests sent.
 CLOSE_WAIT_S = 5.0
+ACK_POLL_S = 0.02
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30.0)
 #: How long a get keeps trying a node it cannot reach (see Agent._fetch_retrying).
 FETCH_RETRY_S = 30.0
@@ -133,6 +141,11 @@ class AgentStats:
     fetch_retries: int = 0
     #: Feedback delivered over HTTP at close, for want of a socket.
     beacons: int = 0
+    #: Views and requests sent again on a new socket because no ack came on the old one.
+    resent: int = 0
+    #: Views and requests sent but never acked when close() gave up waiting (the node that
+    #: took them still holds them in its producer, unless it died).
+    unacked_at_close: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +230,13 @@ class Agent:
         self._heard = 0.0
         self._task: asyncio.Task[None] | None = None
         self._feedback: deque[Feedback | View] = deque(maxlen=FEEDBACK_BUFFER)
+        # Views and requests (by id) sent but not acked yet: sent again after a reconnect.
+        self._unacked: dict[str, View] = {}
+        # Acks that came before the answer of the request they ack (a node acks on the
+        # socket, and the socket may be faster than the HTTP response).
+        self._early_acks: deque[str] = deque(maxlen=MAX_ACK_IDS)
+        self._ids = itertools.count(1)
+        self._id_prefix = uuid.uuid4().hex[:12]
         self._private = private
         self._unused_ttl_s = unused_ttl_s
         self._on_push = on_push
@@ -301,16 +321,23 @@ class Agent:
         ``stats.feedback_unsent``."""
         task, self._task = self._task, None
         if task is not None:
-            if self._feedback and not task.done():
+            if (self._feedback or self._unacked) and not task.done():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(CLOSE_WAIT_S):
-                        await self._drained.wait()
-            if self._feedback and not self.connected:
-                await self._beacon()
+                        while self._feedback or self._unacked:
+                            await self._drained.wait()
+                            if self._unacked:
+                                await asyncio.sleep(ACK_POLL_S)
+            if not self.connected:
+                self._requeue_unacked()
+                if self._feedback:
+                    await self._beacon()
             task.cancel()
             await asyncio.wait([task])
         self.stats.feedback_unsent += len(self._feedback)
+        self.stats.unacked_at_close += len(self._unacked)
         self._feedback.clear()
+        self._unacked.clear()
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -332,13 +359,26 @@ class Agent:
             if entry.prefetched and entry.hits == 1:
                 self._report(entry.content_id, entry.version, "hit", latency_ms)
             if not self._private:
-                self._queue(View(content_id=content_id, version=entry.version, ts=self._clock()))
+                view = View(
+                    content_id=content_id,
+                    version=entry.version,
+                    ts=self._clock(),
+                    id=self._next_id(),
+                )
+                self._queue(view)
             return GetResult(
                 content_id, entry.body, entry.version, entry.content_type, True, latency_ms
             )
-        version, content_type, body = await self._fetch_retrying(content_id)
+        request_id = None if self._private else self._next_id()
+        asked_at = self._clock()
+        version, content_type, body, acked = await self._fetch_retrying(content_id, request_id)
         latency_ms = (time.perf_counter() - started) * 1000
         self.stats.misses += 1
+        if request_id is not None and not acked:  # the node acks it on the socket
+            request = View(
+                content_id=content_id, version=version, ts=asked_at, id=request_id, kind="request"
+            )
+            self._expect_ack(request)
         self._report(content_id, version, "miss", latency_ms)
         return GetResult(content_id, body, version, content_type, False, latency_ms)
 
@@ -491,6 +531,7 @@ class Agent:
         """Read the socket until it closes (this task alone reads it); a sender task writes."""
         self._ws, self._heard = ws, asyncio.get_running_loop().time()
         self._control.clear()
+        self._requeue_unacked()
         self._wake.set()
         sender = asyncio.create_task(self._send_loop(ws))
         try:
@@ -538,6 +579,8 @@ class Agent:
                 try:
                     async with asyncio.timeout(SEND_TIMEOUT_S):
                         await ws.send_str(frame)
+                    if isinstance(message, View) and message.id is not None:
+                        self._expect_ack(message)
                 except BaseException as exc:
                     if not isinstance(message, Ping | Pong):  # not sent: first for the next
                         self._feedback.appendleft(message)
@@ -604,6 +647,30 @@ class Agent:
             log.warning("node %s refused a frame: %s (%d)", self._node_id, frame.reason, frame.code)
         elif isinstance(frame, Invalidate):
             self.cache.invalidate(frame.content_id, frame.version)
+        elif isinstance(frame, Ack):
+            for acked in frame.ids:
+                if self._unacked.pop(acked, None) is None:
+                    self._early_acks.append(acked)
+
+    def _next_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
+
+    def _expect_ack(self, view: View) -> None:
+        assert view.id is not None
+        if view.id in self._early_acks:
+            self._early_acks.remove(view.id)
+        else:
+            self._unacked[view.id] = view
+
+    def _requeue_unacked(self) -> None:
+        """What a lost socket took without an ack goes first on the next one; a copy that
+        did reach Kafka has the same id, and the worker drops it."""
+        if self._unacked:
+            self.stats.resent += len(self._unacked)
+            self._feedback.extendleft(reversed(self._unacked.values()))
+            self._unacked.clear()
+            self._drained.clear()
+            self._wake.set()
 
     def _store(self, msg: Push | Update) -> None:
         held = self.cache.peek(msg.content_id)
@@ -651,7 +718,9 @@ class Agent:
         self._drained.clear()
         self._wake.set()
 
-    async def _fetch_retrying(self, content_id: str) -> tuple[int, str, bytes]:
+    async def _fetch_retrying(
+        self, content_id: str, request_id: str | None = None
+    ) -> tuple[int, str, bytes, bool]:
         """_fetch, tried again for up to FETCH_RETRY_S while the node cannot be reached: when
         the owner dies, the ring hands its clients to another node within its heartbeat
         timeout, and the socket's reconnect finds that node meanwhile."""
@@ -659,7 +728,7 @@ class Agent:
         deadline, delay = loop.time() + FETCH_RETRY_S, 0.25
         while True:
             try:
-                return await self._fetch(content_id)
+                return await self._fetch(content_id, request_id)
             except AgentConnectionError:
                 if self._error is not None or loop.time() + delay > deadline:
                     raise
@@ -671,13 +740,18 @@ class Agent:
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
 
-    async def _fetch(self, content_id: str) -> tuple[int, str, bytes]:
-        """``(version, content_type, body)`` from the owner; a 421 is followed once."""
+    async def _fetch(
+        self, content_id: str, request_id: str | None = None
+    ) -> tuple[int, str, bytes, bool]:
+        """``(version, content_type, body, acked)`` from the owner; a 421 is followed once.
+        ``acked``: the node had Kafka's ack for the request before it answered."""
         if self._session is None:
             raise AgentError("connect() first")
         headers = {"Authorization": f"Bearer {self._token}"}
         if self._private:
             headers["Sec-GPC"] = "1"
+        if request_id is not None:
+            headers[EVENT_HEADER] = request_id
         for attempt in range(2):
             url = f"{self._owner}/v1/content/{quote(content_id, safe='')}"
             try:
@@ -700,6 +774,7 @@ class Agent:
                     content_type = resp.headers.get("Content-Type", "application/octet-stream")
                     sent_digest = resp.headers.get("X-Content-Digest", digest(body))
                     version = int(resp.headers.get("X-Content-Version", ""))
+                    acked = resp.headers.get(ACKED_HEADER) == "1"
             except aiohttp.ClientError as exc:
                 raise AgentConnectionError(f"cannot fetch {content_id}: {exc!r}") from exc
             except ValueError as exc:
@@ -708,7 +783,7 @@ class Agent:
                 raise ContentCorrupt(f"{url}: body does not match X-Content-Digest")
             item = (content_id, version, sent_digest, content_type, body)
             self.cache.put(*item, pushed_at=self._clock(), prefetched=False)
-            return version, content_type, body
+            return version, content_type, body, acked
         raise AgentError(f"{content_id}: misdirected twice")
 
     def __repr__(self) -> str:

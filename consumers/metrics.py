@@ -43,6 +43,11 @@ DEAD_LETTERS = Counter(
 FEEDBACK = Counter(
     "foresight_node_feedback_total", "Agent feedback relayed, by outcome", ["outcome"]
 )
+ACKS = Counter(
+    "foresight_node_acks_total",
+    "Agents' view and request ids acked once Kafka held them; 'agent gone': no socket to ack on",
+    ["outcome"],
+)
 DELIVERIES = Counter(
     "foresight_node_kafka_deliveries_total",
     "Records the node produced, by Kafka's final word: delivered, or failed after retries",

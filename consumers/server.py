@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumers.fetcher import Fetcher, FetcherConfig, FetchFailed, FetchRefused
 from consumers.metrics import (
+    ACKS,
     AGENTS,
     BEACONS,
     COMMANDS,
@@ -62,9 +63,13 @@ from schemas import (
 )
 from schemas import Feedback as FeedbackRecord
 from schemas.protocol import (
+    ACKED_HEADER,
     BEACON_MAX,
     BEACON_PATH,
+    EVENT_HEADER,
+    MAX_ACK_IDS,
     WS_PATH,
+    Ack,
     CloseCode,
     Error,
     Feedback,
@@ -74,10 +79,11 @@ from schemas.protocol import (
     Redirect,
     View,
     Welcome,
+    agent_event_id,
     decode_from_agent,
     encode_message,
 )
-from schemas.records import InteractionKind, MemberState
+from schemas.records import InteractionKind, MemberState, is_identifier
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +122,16 @@ def _delivery_report(err: KafkaError | None, msg: Message) -> None:
     log.error("kafka did not take a record for %s (key %r): %s", msg.topic(), msg.key(), err)
 
 
+#: How long a request from an agent with no socket here waits for Kafka's ack before the
+#: answer goes without it (the agent then keeps the request until an ack or its close).
+ACK_IN_RESPONSE_S = 5.0
+
+
+def _answer(future: asyncio.Future[bool], ok: bool) -> None:
+    if not future.done():
+        future.set_result(ok)
+
+
 def _kafka_error(err: KafkaError) -> None:
     """Errors of the producer as a whole; a fatal one (idempotence broken) stops producing."""
     if err.fatal():
@@ -144,6 +160,8 @@ class NodeProcess:
         self.leaving = False
         self._stop = threading.Event()
         self.node: CacheNode
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._acks: dict[str, list[str]] = {}  # client -> agent ids to ack this loop turn
 
     # --- ownership ------------------------------------------------------------------------
     def owner_url(self, client_id: str) -> str | None:
@@ -182,20 +200,71 @@ class NodeProcess:
         content_id: str,
         kind: InteractionKind = "request",
         ts: float | None = None,
+        agent_id: str | None = None,
+        *,
+        ack: bool = True,
+        delivered: asyncio.Future[bool] | None = None,
     ) -> None:
-        """Publish what the client asked for (served here, or from its agent's cache)."""
+        """Publish what the client asked for (served here, or from its agent's cache).
+
+        With the agent's id for it, the event id is derived from client and id (a copy the
+        agent sends again is recognisably the same event), and the agent gets an Ack once
+        Kafka holds it (``ack``) on its socket, or ``delivered`` gets Kafka's answer.
+        """
+        if agent_id is None:
+            event_id = f"{self.config.node_id}-{uuid.uuid4().hex}"
+        else:
+            event_id = agent_event_id(client_id, agent_id)
         event = Interaction(
-            event_id=f"{self.config.node_id}-{uuid.uuid4().hex}",
+            event_id=event_id,
             client_id=client_id,
             content_id=content_id,
             kind=kind,
             ts=time.time() if ts is None else ts,
         )
         self.producer.produce(
-            self.settings.topic_interactions, key=client_id.encode(), value=encode(event)
+            self.settings.topic_interactions,
+            key=client_id.encode(),
+            value=encode(event),
+            on_delivery=self._acker(client_id, agent_id if ack else None, delivered),
         )
         self.producer.poll(0)
         EVENTS_OUT.labels(kind).inc()
+
+    def _acker(
+        self, client_id: str, agent_id: str | None, delivered: asyncio.Future[bool] | None
+    ) -> Callable[[KafkaError | None, Message], None]:
+        """A delivery callback: acks the agent's id on its socket once Kafka holds the
+        interaction, or answers ``delivered``. librdkafka calls it from whichever thread
+        polls the producer."""
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            _delivery_report(err, msg)
+            if self.loop is None:
+                return
+            if delivered is not None:
+                self.loop.call_soon_threadsafe(_answer, delivered, err is None)
+            if err is None and agent_id is not None:
+                self.loop.call_soon_threadsafe(self._ack, client_id, agent_id)
+
+        return report
+
+    def _ack(self, client_id: str, agent_id: str) -> None:
+        """Batch the acks of one loop turn per client into one frame."""
+        if not self._acks:
+            asyncio.get_running_loop().call_soon(self._send_acks)
+        self._acks.setdefault(client_id, []).append(agent_id)
+
+    def _send_acks(self) -> None:
+        acks, self._acks = self._acks, {}
+        for client_id, ids in acks.items():
+            session = self.sessions.get(client_id)
+            if session is None:  # gone: its agent sends the views again, wherever it is now
+                ACKS.labels("agent gone").inc(len(ids))
+                continue
+            for at in range(0, len(ids), MAX_ACK_IDS):
+                session.offer(encode_message(Ack(ids=ids[at : at + MAX_ACK_IDS])))
+            ACKS.labels("sent").inc(len(ids))
 
     def relay_feedback(self, client_id: str, message: Feedback) -> None:
         record = FeedbackRecord(
@@ -328,6 +397,7 @@ NODE = web.AppKey("node", NodeProcess)
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     process = app[NODE]
+    process.loop = asyncio.get_running_loop()
     settings = process.settings
     cluster, session = await asyncio.to_thread(connect, settings, settings.cassandra_keyspace)
     http = aiohttp.ClientSession()
@@ -389,6 +459,10 @@ async def get_content(request: web.Request) -> web.StreamResponse:
     process = request.app[NODE]
     client_id = _client_of(request, process)
     content_id = request.match_info["content_id"]
+    agent_id = request.headers.get(EVENT_HEADER)
+    if agent_id is not None and not is_identifier(agent_id):
+        REQUESTS.labels("refused").inc()
+        raise web.HTTPBadRequest(reason=f"{EVENT_HEADER} must be an identifier")
     owner = process.owner_url(client_id)
     if owner is not None:
         REQUESTS.labels("misdirected").inc()
@@ -401,23 +475,32 @@ async def get_content(request: web.Request) -> web.StreamResponse:
     except FetchFailed as exc:
         REQUESTS.labels("failed").inc()
         raise web.HTTPBadGateway(reason=str(exc)[:120]) from None
+    headers = {
+        "Content-Type": item.content_type,
+        "ETag": item.etag or f'"{item.digest}"',
+        "X-Content-Version": str(item.version),
+        "X-Content-Digest": item.digest,
+    }
     # Global Privacy Control: served, never recorded for the model.
     if request.headers.get("Sec-GPC") != "1":
-        process.record_request(client_id, content_id)
+        if agent_id is not None and process.sessions.get(client_id) is None:
+            # No socket here to ack the request on: answer once Kafka holds it.
+            delivered = asyncio.get_running_loop().create_future()
+            process.record_request(
+                client_id, content_id, agent_id=agent_id, ack=False, delivered=delivered
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ACK_IN_RESPONSE_S):
+                    if await delivered:
+                        headers[ACKED_HEADER] = "1"
+        else:
+            process.record_request(client_id, content_id, agent_id=agent_id)
     session = process.sessions.get(client_id)
     if session is not None and session.holdings.get(content_id, -1) < item.version:
         # The agent keeps what it fetched: pushing it later would only waste its bytes.
         session.holdings[content_id] = item.version
     REQUESTS.labels("served").inc()
-    return web.Response(
-        body=item.body,
-        headers={
-            "Content-Type": item.content_type,
-            "ETag": item.etag or f'"{item.digest}"',
-            "X-Content-Version": str(item.version),
-            "X-Content-Digest": item.digest,
-        },
-    )
+    return web.Response(body=item.body, headers=headers)
 
 
 async def agent_socket(request: web.Request) -> web.StreamResponse:
@@ -493,7 +576,9 @@ async def agent_socket(request: web.Request) -> web.StreamResponse:
             if isinstance(message, Feedback):
                 process.relay_feedback(claims.client_id, message)
             elif isinstance(message, View):
-                process.record_request(claims.client_id, message.content_id, "view", message.ts)
+                process.record_request(
+                    claims.client_id, message.content_id, message.kind, message.ts, message.id
+                )
             elif isinstance(message, Ping):
                 agent.offer(encode_message(Pong(ts=message.ts)))  # echoed, as documented
     finally:
@@ -528,7 +613,9 @@ async def beacon(request: web.Request) -> web.Response:
         if isinstance(message, Feedback):
             process.relay_feedback(client_id, message)
         elif isinstance(message, View):
-            process.record_request(client_id, message.content_id, "view", message.ts)
+            process.record_request(
+                client_id, message.content_id, message.kind, message.ts, message.id, ack=False
+            )
         else:
             kind = type(message).__name__.lower()
             errors.append({"index": index, "reason": f"a {kind} message is not for a beacon"})

@@ -24,12 +24,19 @@ from __future__ import annotations
 import hashlib
 import re
 from enum import IntEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
-from schemas.records import FeedbackOutcome, Identifier, Probability, Timestamp, check_identifiers
+from schemas.records import (
+    IDENTIFIER_PATTERN,
+    FeedbackOutcome,
+    Identifier,
+    Probability,
+    Timestamp,
+    check_identifiers,
+)
 from schemas.validation import InvalidRecord
 
 PROTOCOL_VERSION = 1
@@ -46,6 +53,25 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_BODY_BYTES = 3 * 1024 * 1024 - 64 * 1024
 #: Most holdings a hello may list; an agent holding more sends its most recently used first.
 MAX_HOLDINGS = 10_000
+#: Most ids one ack may carry.
+MAX_ACK_IDS = 256
+#: The request header that gives a request's id (a view's ``id``): the node acks it on the
+#: agent's socket once Kafka holds the interaction.
+EVENT_HEADER = "X-Foresight-Event"
+#: The response header of a node with no socket of the agent's to ack on: "1" when Kafka
+#: already holds the request's interaction, so the agent expects no ack for it.
+ACKED_HEADER = "X-Foresight-Acked"
+
+ViewKind = Literal["view", "request"]
+
+
+_identifier = re.compile(IDENTIFIER_PATTERN).fullmatch
+
+
+def agent_event_id(client_id: str, agent_id: str) -> str:
+    """The interaction's event id for an agent's view or request id: the same for a copy
+    the agent sends again, and no client can name another client's events."""
+    return "a-" + hashlib.sha256(f"{client_id}\x1f{agent_id}".encode()).hexdigest()[:32]
 
 
 class CloseCode(IntEnum):
@@ -239,9 +265,29 @@ class View(_Message, tag="view", kw_only=True, frozen=True):
     content_id: Identifier
     version: ContentVersion
     ts: Timestamp
+    #: The agent's id for this request. The node answers with an Ack once Kafka holds the
+    #: interaction; the agent keeps the view until then and sends it again after a reconnect
+    #: (the worker drops a second copy by its id). None: fire and forget.
+    id: Identifier | None = None
+    #: "view": answered from the agent's cache. "request": a node served it over HTTP (with
+    #: the id in X-Foresight-Event) and its ack never came, so the agent sends it again.
+    kind: ViewKind = "view"
 
     def __post_init__(self) -> None:
         check_identifiers(self, "content_id")
+        _check_optional(self, "id")
+
+
+class Ack(_Message, tag="ack", kw_only=True, frozen=True):
+    """Node -> agent: Kafka holds the interactions of these view or request ids; the agent
+    may forget them."""
+
+    ids: Annotated[list[Identifier], Meta(min_length=1, max_length=MAX_ACK_IDS)]
+
+    def __post_init__(self) -> None:
+        for event_id in self.ids:
+            if _identifier(event_id) is None:
+                raise ValueError(f"`ids` holds an invalid identifier {event_id[:40]!r}")
 
 
 class Ping(_Message, tag="ping", kw_only=True, frozen=True):
@@ -264,10 +310,21 @@ class Error(_Message, tag="error", kw_only=True, frozen=True):
 
 
 Message = (
-    Hello | Welcome | Push | Update | Invalidate | Redirect | Feedback | View | Ping | Pong | Error
+    Hello
+    | Welcome
+    | Push
+    | Update
+    | Invalidate
+    | Redirect
+    | Ack
+    | Feedback
+    | View
+    | Ping
+    | Pong
+    | Error
 )
 AgentMessage = Hello | Feedback | View | Ping | Pong | Error
-NodeMessage = Welcome | Push | Update | Invalidate | Redirect | Ping | Pong | Error
+NodeMessage = Welcome | Push | Update | Invalidate | Redirect | Ack | Ping | Pong | Error
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[str, msgspec.json.Decoder[Any]] = {

@@ -32,6 +32,10 @@ Identifier = Annotated[
 ]
 
 
+def is_identifier(value: str) -> bool:
+    return len(value) <= 256 and _identifier(value) is not None
+
+
 def check_identifiers(record: Struct, *fields: str) -> None:
     """Raise ValueError naming the first field that is not a well-formed identifier."""
     for name in fields:

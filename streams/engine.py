@@ -28,6 +28,11 @@ from streams.predictor import ClientState, Foresight
 MODEL_NAME = "foresight-v1"
 
 
+#: Event ids a client record remembers to drop copies by (an agent resends a view whose ack
+#: it did not get, seconds later, so a few suffice).
+RECENT_EVENT_IDS = 16
+
+
 class ClientRecord(msgspec.Struct, kw_only=True):
     """Everything the worker keeps for one client, stored as msgpack bytes in a Faust table."""
 
@@ -43,6 +48,9 @@ class ClientRecord(msgspec.Struct, kw_only=True):
     offset: int = -1
     events: int = 0
     hits: int = 0
+    # The last RECENT_EVENT_IDS event ids: an agent sends a view again when its ack never
+    # came, and the copy carries the same id.
+    recent_events: list[str] = msgspec.field(default_factory=list)
 
     def planner_state(self) -> PlannerState:
         return PlannerState(self.tokens, self.counted_at, self.threshold_offset)
@@ -128,6 +136,8 @@ class Engine:
         record = record or ClientRecord()
         if record.partition == partition and offset <= record.offset:
             return Step(record, [], [], duplicate=True)
+        if event.event_id in record.recent_events:
+            return Step(record, [], [], duplicate=True)
         client = event.client_id
         # Score first: was this click among the last predictions?
         scored = bool(record.last_prediction)
@@ -195,6 +205,7 @@ class Engine:
             offset=offset,
             events=record.events + 1,
             hits=record.hits + int(hit),
+            recent_events=[*record.recent_events[-(RECENT_EVENT_IDS - 1) :], event.event_id],
         )
         return Step(
             new,

@@ -49,6 +49,8 @@ class Tally:
     used_pushed_bytes: int = 0
     feedback_dropped: int = 0
     feedback_unsent: int = 0
+    unacked_at_close: int = 0
+    resent: int = 0
     reconnects: int = 0
     errors: list[str] = field(default_factory=list)
     agents_done: int = 0
@@ -72,6 +74,8 @@ class Tally:
         self.pushed_bytes += stats.bytes_pushed
         self.feedback_dropped += stats.feedback_dropped
         self.feedback_unsent += stats.feedback_unsent
+        self.unacked_at_close += stats.unacked_at_close
+        self.resent += stats.resent
         self.reconnects += stats.reconnects
         self.used_pushed_bytes += sum(
             e.size for e in agent.cache.entries() if e.prefetched and e.used
@@ -162,6 +166,9 @@ def summarize(
         "views_dropped": tally.feedback_dropped,
         # Feedback and views an agent still held at its close (a lost view is a lost event).
         "views_unsent": tally.feedback_unsent,
+        # Sent, never acked by the time the agent closed; sent again after a lost socket.
+        "views_unacked": tally.unacked_at_close,
+        "views_resent": tally.resent,
         "agent_reconnects": tally.reconnects,
         "latency_reduction": _ratio_drop(with_ms, without_ms),
         "duration_s": round(duration_s, 1),

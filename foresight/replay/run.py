@@ -276,14 +276,19 @@ class Replay:
         end = self.interaction_offsets()
         return done, sum(end.get(p, 0) - first for p, first in start.items())
 
-    def unpublished(self, start: Mapping[int, int], limit: int = 10) -> list[dict[str, Any]]:
-        """The pass's requests with no interaction in Kafka (up to ``limit``): which, when,
-        and whether the agent's cache answered them (a view) or its node did (a request)."""
+    def published(
+        self, start: Mapping[int, int], limit: int = 10
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """The pass's interactions in Kafka, each event counted once (an agent sends a view
+        again when its ack never came; the copy has the same event id), and the requests
+        with none (up to ``limit``): which, when, and whether the agent's cache answered
+        them (a view) or its node did (a request)."""
         topic = self.settings.topic_interactions
         end = self.interaction_offsets()
         want = sum(max(0, end.get(p, 0) - first) for p, first in start.items())
         consumer = Consumer(self._probe_config(f"foresight-replay-probe-{self.tag}"))
         seen: Counter[tuple[str, str]] = Counter()
+        events: set[str] = set()
         try:
             consumer.assign([TopicPartition(topic, p, first) for p, first in start.items()])
             read, deadline = 0, time.monotonic() + 60
@@ -294,7 +299,9 @@ class Replay:
                     read += 1
                     with contextlib.suppress(InvalidRecord):
                         event = decode(Interaction, message.value() or b"")
-                        seen[(event.client_id, event.content_id)] += 1
+                        if event.event_id not in events:
+                            events.add(event.event_id)
+                            seen[(event.client_id, event.content_id)] += 1
         finally:
             consumer.close()
         missing: list[dict[str, Any]] = []
@@ -306,7 +313,7 @@ class Replay:
                 missing.append(
                     {"client_id": r.client_id, "content_id": r.content_id, "at_s": r.at, "kind": kind}
                 )
-        return missing
+        return len(events), missing
 
     def wait_ring(self, members: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -506,7 +513,7 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
     without: list[float] = []
     sweep: list[dict[str, float]] = []
     interrupted = False
-    processed = published = 0
+    processed = published = redelivered = 0
     unpublished: list[dict[str, Any]] = []
     online_hr: float | None = None
     worker_lag_ms: float | None = None
@@ -531,9 +538,11 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
                 interrupted = True
             duration = time.monotonic() - began
             if not interrupted:
-                processed, published = run.wait_consumed(start, len(run.tally.requests))
-                if published < len(run.tally.requests):
-                    unpublished = run.unpublished(start)
+                processed, records = run.wait_consumed(start, len(run.tally.requests))
+                published, unpublished = run.published(start)
+                # A copy is consumed like any record; each event counts once.
+                redelivered = records - published
+                processed -= redelivered
                 after = run.worker_metrics()
                 if metric_sum(after, "foresight_online_scored_total") < metric_sum(
                     before, "foresight_online_scored_total"
@@ -593,6 +602,9 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
             # Interactions that reached Kafka (requests minus this: never published).
             "published_events": published,
             "unpublished_samples": unpublished,
+            # Copies of events in Kafka (views an agent sent again for want of an ack; the
+            # worker drops them by event id).
+            "redelivered_events": redelivered,
             "chaos": run.chaos.as_json() if run.chaos is not None else [],
         },
     )

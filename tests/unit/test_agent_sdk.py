@@ -24,9 +24,12 @@ from agents.sdk import (
 )
 from foresight import tokens
 from schemas.protocol import (
+    ACKED_HEADER,
     BEACON_PATH,
+    EVENT_HEADER,
     MAX_MESSAGE_BYTES,
     WS_PATH,
+    Ack,
     CloseCode,
     Feedback,
     Hello,
@@ -85,6 +88,9 @@ class FakeNode:
         self.corrupt = False
         self.beacons: list[list[dict[str, Any]]] = []
         self.accept_beacons = True
+        #: Ack views and requests with an id, as a node does once Kafka holds them.
+        self.ack = True
+        self.request_ids: list[str | None] = []
         self.server = TestServer(self._app(), host="127.0.0.1")
 
     @property
@@ -153,6 +159,8 @@ class FakeNode:
                 self.feedback.put_nowait(frame)
             elif isinstance(frame, View):
                 self.views.append(frame)
+                if self.ack and frame.id is not None:
+                    await ws.send_str(encode_message(Ack(ids=[frame.id])).decode())
             elif isinstance(frame, Pong):
                 self.pongs.put_nowait(frame)
             elif isinstance(frame, Ping):
@@ -188,7 +196,16 @@ class FakeNode:
         if content_id not in self.content:
             return web.Response(status=404)
         version, body = self.content[content_id]
-        headers = {
+        request_id = request.headers.get(EVENT_HEADER)
+        self.request_ids.append(request_id)
+        acked = {}
+        if request_id is not None and self.ack:
+            if self.ws is not None and not self.ws.closed:
+                # Acked on the socket before the response leaves: the agent may hear it first.
+                await self.ws.send_str(encode_message(Ack(ids=[request_id])).decode())
+            else:  # no socket of the agent's here: a node answers once Kafka holds it
+                acked = {ACKED_HEADER: "1"}
+        headers = acked | {
             "X-Content-Version": str(version),
             "X-Content-Digest": digest(body + b"!" if self.corrupt else body),
             "ETag": f'"{version}"',
@@ -685,3 +702,66 @@ async def test_a_get_while_the_owner_is_gone_is_served_by_another_known_node(
     result = await agent.get("x")
     assert (result.body, result.version, result.from_cache) == (b"xyz", 3, False)
     assert b.http_requests  # served by node-b
+
+
+async def test_a_view_without_an_ack_is_sent_again_on_the_next_socket(net: Network) -> None:
+    node = await net.node("node-a")
+    node.content["a"] = (1, b"a")
+    node.ack = False  # the node took the view, then died before Kafka held it
+    agent = await net.connected(node)
+    await agent.get("a")
+    assert (await agent.get("a")).from_cache
+    await eventually(lambda: len(node.views) == 1)
+    node.ack = True
+    await node.close_session(CloseCode.TRY_AGAIN_LATER)
+    await eventually(lambda: len(node.views) == 3)
+    first, request, again = node.views
+    # The miss had no ack either: it goes again, first, as a request with the GET's id.
+    assert request.kind == "request" and request.id == node.request_ids[0]
+    assert request.content_id == "a" and request.version == 1
+    assert again.id == first.id and again.content_id == "a" and again.kind == "view"
+    assert agent.stats.resent == 2
+    # Acked now: another reconnect sends nothing again.
+    seen = len(node.views)
+    await node.close_session(CloseCode.TRY_AGAIN_LATER)
+    await eventually(lambda: len(node.hellos) == 3)
+    await agent.close()
+    assert len(node.views) == seen
+    assert agent.stats.unacked_at_close == 0
+
+
+async def test_an_ack_heard_before_its_response_is_not_lost(net: Network) -> None:
+    node = await net.node("node-a")
+    node.content["a"] = (1, b"a")
+    agent = await net.connected(node)
+    await agent.get("a")  # the fake node acks on the socket before it answers
+    await node.close_session(CloseCode.TRY_AGAIN_LATER)
+    await eventually(lambda: len(node.hellos) == 2)
+    await agent.close()
+    assert node.views == []  # nothing was sent again: the early ack was kept
+    assert agent.stats.resent == 0
+
+
+async def test_close_waits_for_acks_and_counts_those_that_never_came(
+    net: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sdk, "CLOSE_WAIT_S", 0.3)
+    node = await net.node("node-a")
+    node.content["a"] = (1, b"a")
+    node.ack = False
+    agent = await net.connected(node)
+    await agent.get("a")
+    assert (await agent.get("a")).from_cache
+    async with asyncio.timeout(DELIVERY_S):
+        await agent.close()
+    assert agent.stats.unacked_at_close == 2  # the request and the view
+    assert agent.stats.feedback_unsent == 0
+
+
+async def test_a_private_agent_sends_no_ids(net: Network) -> None:
+    node = await net.node("node-a")
+    node.content["a"] = (1, b"a")
+    agent = await net.connected(node, private=True)
+    await agent.get("a")
+    await agent.close()
+    assert node.request_ids == [None]

@@ -11,6 +11,7 @@ from foresight.settings import Settings
 from producers.datasets import read_yoochoose
 from schemas import Context, Feedback, Interaction
 from streams.engine import (
+    RECENT_EVENT_IDS,
     ClientRecord,
     Engine,
     EngineConfig,
@@ -63,6 +64,23 @@ def test_a_replayed_event_changes_nothing() -> None:
     step = engine.on_interaction(_click("c1", "a", 10.0, 1), None, RING, 2, 7)
     again = engine.on_interaction(_click("c1", "a", 10.0, 1), step.record, RING, 2, 7)
     assert again.duplicate and again.record == step.record and not again.commands
+
+
+def test_a_copy_an_agent_sent_again_is_dropped_by_its_event_id() -> None:
+    """The agent resends a view whose ack it missed; the copy is a new Kafka record (another
+    offset) with the same event id, and must not be learned twice."""
+    engine = Engine(Foresight())
+    first = engine.on_interaction(_click("c1", "a", 10.0, 1), None, RING, 2, 7)
+    other = engine.on_interaction(_click("c1", "b", 11.0, 2), first.record, RING, 2, 8)
+    copy = engine.on_interaction(_click("c1", "a", 10.0, 1), other.record, RING, 2, 9)
+    assert copy.duplicate and copy.record == other.record and not copy.commands
+    # Only the last RECENT_EVENT_IDS are kept: the record stays small.
+    record = other.record
+    for n in range(3, 3 + RECENT_EVENT_IDS + 5):
+        record = engine.on_interaction(
+            _click("c1", "x", 12.0 + n, n), record, RING, 2, 7 + n
+        ).record
+    assert len(record.recent_events) == RECENT_EVENT_IDS
 
 
 def test_save_data_and_an_empty_ring_send_nothing() -> None:
