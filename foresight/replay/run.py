@@ -345,9 +345,11 @@ class Replay:
         async with aiohttp.ClientSession(connector=connector) as http:
 
             async def play(index: int, events: list[Interaction]) -> None:
-                if index < self.options.clients:
-                    await asyncio.sleep(index * RAMP_S / self.options.clients)
+                # The gate first: the first `clients` sessions hold it while they wait their
+                # turn in the ramp, so no later session starts ahead of them at once.
                 async with gate:
+                    if index < self.options.clients:
+                        await asyncio.sleep(index * RAMP_S / self.options.clients)
                     await self._play_session(http, index, events, started)
 
             chaos = None
