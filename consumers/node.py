@@ -95,6 +95,8 @@ class CacheNode:
         *,
         seen_commands: int = 100_000,
         push_bytes_per_odds: float | None = None,
+        body_cache_bytes: int = 64 * 1024 * 1024,
+        latest_known: int = 100_000,
     ) -> None:
         self.node_id = node_id
         # K of the push rule (foresight.push_rule); None: every commanded item is pushed.
@@ -102,14 +104,17 @@ class CacheNode:
         self.store = store
         self.fetcher = fetcher
         self.sessions = sessions
-        self.bodies = BodyCache()
+        self.bodies = BodyCache(body_cache_bytes)
         self.counters = NodeCounters()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._seen_max = seen_commands
-        self._locks: dict[str, asyncio.Lock] = {}
+        # One lock per item being loaded, with the count of its users: dropped when the last
+        # one is done, so the map holds only items in flight, not every item ever asked for.
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._latest_max = latest_known
         # The newest version this node knows of each item: with the body in the BodyCache, a
         # command for a known item costs no Cassandra read; content-updates (refresh) move it.
-        self._latest: dict[str, int] = {}
+        self._latest: OrderedDict[str, int] = OrderedDict()
         self.push_times: list[tuple[float, float]] = []  # (event ts, pushed at), for latency
         self._writes: set[asyncio.Task[None]] = set()
         self._held: dict[tuple[str, str], StoredVersion] = {}  # holdings waiting for a write
@@ -127,13 +132,29 @@ class CacheNode:
             known = self._in_memory(content_id)
             if known is not None:
                 return known
-        lock = self._locks.setdefault(content_id, asyncio.Lock())
-        async with lock:
-            known = None if refresh else self._in_memory(content_id)
-            if known is None:  # else: fetched by the caller we waited for
-                known = await self._load_or_fetch(content_id, prefetch=prefetch, refresh=refresh)
-                self._latest[content_id] = known.version
-            return known
+        lock, users = self._locks.setdefault(content_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                known = None if refresh else self._in_memory(content_id)
+                if known is None:  # else: fetched by the caller we waited for
+                    known = await self._load_or_fetch(
+                        content_id, prefetch=prefetch, refresh=refresh
+                    )
+                    self._remember(content_id, known.version)
+                return known
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[content_id]
+
+    def _remember(self, content_id: str, version: int) -> None:
+        """The newest version known of an item, for the most recent ``latest_known`` items
+        (an item forgotten here is looked up in Cassandra again)."""
+        self._latest[content_id] = version
+        self._latest.move_to_end(content_id)
+        if len(self._latest) > self._latest_max:
+            self._latest.popitem(last=False)
 
     def _in_memory(self, content_id: str) -> StoredVersion | None:
         version = self._latest.get(content_id)

@@ -418,6 +418,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         fetcher,
         process.sessions,
         push_bytes_per_odds=settings.push_bytes_per_odds,
+        body_cache_bytes=settings.node_body_cache_mb * 2**20,
     )
     process.ring.start()
     process.announce("up")

@@ -285,6 +285,12 @@ class Settings(BaseSettings):
         description="Predictions per click the prefetch planner considers, apart from the "
         "scored top_k (FORESIGHT_PREFETCH_TOP_K).",
     )
+    node_body_cache_mb: int = Field(
+        64,
+        ge=1,
+        description="Bodies a cache node keeps in memory (most recently used first), in MiB; "
+        "the rest is read from Cassandra (FORESIGHT_NODE_BODY_CACHE_MB).",
+    )
     push_bytes_per_odds: float | None = Field(
         700_000.0,
         gt=0,

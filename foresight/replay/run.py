@@ -311,7 +311,12 @@ class Replay:
             elif len(missing) < limit:
                 kind = "view" if r.hit else "request"
                 missing.append(
-                    {"client_id": r.client_id, "content_id": r.content_id, "at_s": r.at, "kind": kind}
+                    {
+                        "client_id": r.client_id,
+                        "content_id": r.content_id,
+                        "at_s": r.at,
+                        "kind": kind,
+                    }
                 )
         return len(events), missing
 
