@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -279,3 +282,22 @@ def test_scaled_features_always_lie_in_the_unit_box(
     assert set(x) == {"rate", "regular", "spread", "fresh", "monotone", "stride", "events"}
     assert all(0.0 <= v <= 1.0 for v in x.values())
     assert msgspec.msgpack.decode(state.to_bytes(), type=ClientState) == state
+
+
+def test_the_benchmarks_scrapers_are_stopped_within_n_events(yoochoose_dir: Path) -> None:
+    """bench/guard_fpr.py (RELIABILITY.md's N): seven synthetic scrapers, fast and slow, mixed
+    into the 3,416 real test sessions; each gets no prefetches from its N-th request on."""
+    bench = Path(__file__).resolve().parents[2] / "bench" / "guard_fpr.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--data", str(yoochoose_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    figures = json.loads(done.stdout)
+    print("abuse guard figures: " + json.dumps({k: figures[k] for k in ("fast", "slow")}))
+    assert figures["scrapers_flagged"] == figures["scrapers"] == 7
+    assert figures["fast"]["max_n"] <= 10  # 8 when measured
+    assert figures["slow"]["max_n"] <= 20  # 12 when measured
+    assert figures["false_positives"] <= 2  # of 3,416 real sessions; 1 when measured
