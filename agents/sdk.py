@@ -764,6 +764,10 @@ class Agent:
                         self._nodes[self._owner] = None
                         log.info("content owner of %s is %s", self.client_id, self._owner)
                         continue
+                    if resp.status == 421:
+                        # Two nodes each name the other: their rings disagree for a moment (a
+                        # node's heartbeats are catching up); _fetch_retrying tries again.
+                        raise AgentConnectionError(f"{url}: misdirected twice")
                     if resp.status in (401, 403):
                         raise AgentAuthError(f"token refused by {self._owner} ({resp.status})")
                     if resp.status == 404:
@@ -784,7 +788,7 @@ class Agent:
             item = (content_id, version, sent_digest, content_type, body)
             self.cache.put(*item, pushed_at=self._clock(), prefetched=False)
             return version, content_type, body, acked
-        raise AgentError(f"{content_id}: misdirected twice")
+        raise AgentConnectionError(f"{content_id}: misdirected twice")
 
     def __repr__(self) -> str:
         return f"Agent({self.client_id!r}, node={self._node_id!r}, owner={self._owner!r})"
