@@ -30,12 +30,12 @@ import msgspec
 from msgspec import Meta, Struct
 
 from schemas.records import (
-    IDENTIFIER_PATTERN,
     FeedbackOutcome,
     Identifier,
     Probability,
     Timestamp,
     check_identifiers,
+    is_identifier,
 )
 from schemas.validation import InvalidRecord
 
@@ -63,9 +63,6 @@ EVENT_HEADER = "X-Foresight-Event"
 ACKED_HEADER = "X-Foresight-Acked"
 
 ViewKind = Literal["view", "request"]
-
-
-_identifier = re.compile(IDENTIFIER_PATTERN).fullmatch
 
 
 def agent_event_id(client_id: str, agent_id: str) -> str:
@@ -286,7 +283,7 @@ class Ack(_Message, tag="ack", kw_only=True, frozen=True):
 
     def __post_init__(self) -> None:
         for event_id in self.ids:
-            if _identifier(event_id) is None:
+            if not is_identifier(event_id):
                 raise ValueError(f"`ids` holds an invalid identifier {event_id[:40]!r}")
 
 

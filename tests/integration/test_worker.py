@@ -98,23 +98,14 @@ class Worker:
             time.sleep(0.5)
         pytest.fail(f"worker processed {done} of {count} events\n{self._tail()}")
 
-    def wait_recoveries(self, count: int, timeout: float = 60.0) -> None:
-        """Until Faust logged ``count`` completed table recoveries (one per assignment)."""
+    def wait_logged(self, text: str, times: int = 1, timeout: float = 60.0) -> None:
+        """Until the worker's log holds ``text`` at least ``times`` times."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.log_path.read_text(errors="replace").count("Recovery complete") >= count:
+            if self.log_path.read_text(errors="replace").count(text) >= times:
                 return
             time.sleep(0.2)
-        pytest.fail(f"fewer than {count} recoveries in {timeout} s:\n{self._tail()}")
-
-    def wait_snapshot(self, events: int, timeout: float = 60.0) -> None:
-        """Until the worker logged a snapshot of its global signals holding ``events``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if f"snapshot: {events} events" in self.log_path.read_text(errors="replace"):
-                return
-            time.sleep(0.2)
-        pytest.fail(f"no snapshot of {events} events in {timeout} s:\n{self._tail()}")
+        pytest.fail(f"{text!r} not logged {times} times in {timeout} s:\n{self._tail()}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -261,7 +252,7 @@ def test_a_restarted_worker_gives_the_same_predictions_as_an_uninterrupted_run(
                 publisher.publish(event)
         first.wait_processed(len(before))
         if stop == "kill":
-            first.wait_snapshot(len(before))
+            first.wait_logged(f"snapshot: {len(before)} events")  # global signals
             first.process.kill()
             first.process.wait()
     finally:
@@ -320,7 +311,7 @@ def test_two_workers_share_the_partitions_and_client_state_follows_its_partition
         # The first worker recovers its share after the rebalance too. Faust's recovery can
         # stall when records pour in meanwhile (a CI run saw it wait 2 minutes for changelog
         # partitions it already held): this test is about sharing, so it lets it finish.
-        first.wait_recoveries(2)
+        first.wait_logged("Recovery complete", times=2)  # one per assignment
         with InteractionPublisher(settings) as publisher:
             for event in after:
                 publisher.publish(event)
