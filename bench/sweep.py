@@ -66,7 +66,7 @@ def _k(text: str) -> float | None:
 
 
 def _row(result: SimulationResult) -> dict[str, Any]:
-    keys = ("threshold", "prefetch_k", "bytes_per_odds", "hit_ratio", "hit_ratio_scored")
+    keys = ("threshold", "prefetch_k", "bytes_per_odds", "hit_ratio", "hit_ratio_all_clicks")
     return {key: getattr(result, key) for key in keys} | {
         "waste": result.wasted_per_requested_byte,
         "pushes": result.pushes,
@@ -77,14 +77,14 @@ def _row(result: SimulationResult) -> dict[str, Any]:
 
 
 def _table(results: Sequence[SimulationResult], chosen: SimulationResult | None) -> Table:
-    table = Table("threshold", "k", "K", "hit ratio", "scored", "waste", "pushes", "HR@5")
+    table = Table("threshold", "k", "K", "hit ratio", "all clicks", "waste", "pushes", "HR@5")
     for r in results:
         table.add_row(
             f"{r.threshold:g}",
             str(r.prefetch_k),
             "none" if r.bytes_per_odds is None else f"{r.bytes_per_odds:,.0f}",
             f"{r.hit_ratio:.3f}",
-            f"{r.hit_ratio_scored:.3f}",
+            f"{r.hit_ratio_all_clicks:.3f}",
             f"{r.wasted_per_requested_byte:.3f}",
             str(r.pushes),
             f"{r.hr_at_5:.3f}",
@@ -134,7 +134,7 @@ def main() -> None:
         "shipped_is_chosen": shipped is chosen,
         "points": [_row(r) for r in swept],
         "requests": shipped.requests,
-        "scored_requests": shipped.scored_requests,
+        "landings": shipped.landings,
         "seconds": round(time.perf_counter() - started, 1),
     }
     text = json.dumps(report, indent=2)

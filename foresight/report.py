@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 _LATENCY_FLOOR_MS = 1e-3
 _LOAD_METRICS = ("ring_share", "clients", "commands", "pushes")
 _CAPTIONS = {
-    "hit_ratio.png": "Share of requests served from the local cache, per time bucket and "
-    "cumulatively; the dashed line is the predictor's online HR@5, for comparison.",
-    "latency.png": "Empirical CDF of request latency: the further left a curve sits, the faster; "
-    "the height of the first step of the prefetching curve is the share served locally.",
+    "hit_ratio.png": "Share of requests (each session's clicks after its landing) served from "
+    "the local cache, per time bucket and cumulatively; the dashed line is the predictor's "
+    "online HR@5, for comparison.",
+    "latency.png": "Empirical CDF of request latency (clicks after a session's landing): the "
+    "further left a curve sits, the faster; the height of the first step of the prefetching "
+    "curve is the share served locally.",
     "tradeoff.png": "Each sweep point is one prediction threshold: up and to the left is better "
     "(more hits for fewer wasted bytes); the star is this run.",
     "node_load.png": "Each node's share of every load measure; bars of one node close in height "
@@ -112,10 +114,12 @@ def _summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(label, formatted value) for each key number the summary holds, in reading order."""
     percent, ms, count = "{:.1%}".format, "{:,.2f} ms".format, "{:,.0f}".format
     fields: list[tuple[str, tuple[str, ...], Callable[[float], str]]] = [
-        ("Events", ("events",), count),
-        ("Requests", ("requests",), count),
+        ("Events (clicks)", ("events",), count),
+        ("Landings (sessions' first clicks)", ("landings",), count),
+        ("Requests (each next item)", ("requests",), count),
         ("Hit ratio", ("hit_ratio",), percent),
         ("Online HR@5", ("online_hr@5",), percent),
+        ("Latency reduction", ("latency_reduction",), percent),
     ]
     for side in ("with", "without"):
         for stat in ("mean", "p50", "p99"):
@@ -129,6 +133,17 @@ def _summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Click to push p99", ("click_to_push_ms", "p99"), ms),
         ("Lost events", ("lost_events",), count),
         ("Duplicate pushes", ("duplicate_pushes",), count),
+        ("Hit ratio, landings counted as requests", ("all_clicks", "hit_ratio"), percent),
+        (
+            "Latency reduction, landings counted as requests",
+            ("all_clicks", "latency_reduction"),
+            percent,
+        ),
+        (
+            "Wasted per requested byte, landings counted as requests",
+            ("all_clicks", "wasted_per_requested_byte"),
+            "{:.3f}".format,
+        ),
     ]
     rows = []
     for label, path, fmt in fields:

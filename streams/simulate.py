@@ -17,7 +17,10 @@ replay would see it.
    node's rule, with the point's K) and that the client does not hold yet is pushed into its
    cache, unused until requested.
 3. Tally: sizes are the origin catalogue's (:func:`origin.catalog.spec_of`, the exact body size
-   without rendering it). Wasted bytes are those of pushed items never requested.
+   without rendering it). Wasted bytes are those of pushed items never requested. As in a
+   replay (:mod:`foresight.replay.measure`), a session's first click is its landing, the page
+   load that brings its agent up: ``requests``, ``hit_ratio`` and ``requested_bytes`` are over
+   the clicks after it, and the ``*_all_clicks`` figures count landings as requests too.
 
 A :class:`Point` sets the base threshold of the planner's default connection class (the
 yoochoose clicks carry no connection; the clients' feedback offsets still move it), how many
@@ -75,11 +78,11 @@ class SimulationResult:
     threshold: float
     prefetch_k: int
     bytes_per_odds: float | None
-    requests: int
+    requests: int  # clicks after their session's first
     hits: int
     hit_ratio: float
-    scored_requests: int  # requests that are not their session's first
-    hit_ratio_scored: float
+    landings: int  # sessions' first clicks
+    hit_ratio_all_clicks: float  # a landing counted as a request (it never hits)
     hr_at_5: float  # the engine's own online HR@5 over its scored clicks
     pushes: int
     not_worth_bytes: int  # commands the push rule kept from being pushed
@@ -88,6 +91,7 @@ class SimulationResult:
     wasted_bytes: int
     wasted_items: int
     wasted_per_requested_byte: float
+    wasted_per_requested_byte_all_clicks: float
     blocked_steps: int  # clicks on which the abuse guard stopped the client's prefetches
     seconds: float = field(default=0.0, compare=False)
 
@@ -161,11 +165,14 @@ def replay(
     """
     caches: dict[str, set[str]] = {}  # client -> content it holds
     unused: dict[tuple[str, str], int] = {}  # (client, content) pushed, not requested -> size
-    hits = scored = top_hits = pushes = prefetched = requested = blocked = unworthy = 0
+    hits = scored = top_hits = pushes = prefetched = requested = landed = blocked = unworthy = 0
     for offset, click in enumerate(_reporting(clicks, progress), start=first_offset):
         _, client, item = click
+        if client in caches:
+            requested += content_size(item)
+        else:
+            landed += content_size(item)
         cache = caches.setdefault(client, set())
-        requested += content_size(item)
         if item in cache:
             hits += 1
             if unused.pop((client, item), None) is not None:
@@ -190,7 +197,8 @@ def replay(
                 unused[(client, content)] = size
                 pushes += 1
                 prefetched += size
-    requests, first_requests = len(clicks), len(caches)
+    landings = len(caches)
+    requests = len(clicks) - landings
     wasted = sum(unused.values())
     planner = engine.config.planner
     return SimulationResult(
@@ -198,10 +206,10 @@ def replay(
         prefetch_k=engine.config.prefetch_k,
         bytes_per_odds=bytes_per_odds,
         requests=requests,
-        hits=hits,
+        hits=hits,  # a landing finds an empty cache: every hit is a request's
         hit_ratio=hits / max(1, requests),
-        scored_requests=requests - first_requests,
-        hit_ratio_scored=hits / max(1, requests - first_requests),  # a first request never hits
+        landings=landings,
+        hit_ratio_all_clicks=hits / max(1, len(clicks)),
         hr_at_5=top_hits / max(1, scored),
         pushes=pushes,
         not_worth_bytes=unworthy,
@@ -210,6 +218,7 @@ def replay(
         wasted_bytes=wasted,
         wasted_items=len(unused),
         wasted_per_requested_byte=wasted / max(1, requested),
+        wasted_per_requested_byte_all_clicks=wasted / max(1, requested + landed),
         blocked_steps=blocked,
     )
 

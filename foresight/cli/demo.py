@@ -80,11 +80,14 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     table.add_column("measure")
     table.add_column("value", justify="right")
     lat = summary["latency_ms"]
+    every = summary["all_clicks"]
     rows = [
-        ("events", _fmt(summary["events"])),
-        ("hit ratio (all requests)", _fmt(summary["hit_ratio"], "%")),
-        ("hit ratio (requests after a session's first)", _fmt(summary["hit_ratio_scored"], "%")),
+        ("events (clicks)", _fmt(summary["events"])),
+        ("landings (sessions' first clicks)", _fmt(summary["landings"])),
+        ("requests (each next item)", _fmt(summary["requests"])),
+        ("hit ratio", _fmt(summary["hit_ratio"], "%")),
         ("online HR@5", _fmt(summary["online_hr@5"], "%")),
+        ("latency reduction", _fmt(summary["latency_reduction"], "%")),
         ("mean latency with prefetching", _fmt(lat["with"]["mean"], "ms")),
         ("mean latency without", _fmt(lat["without"]["mean"], "ms")),
         ("p50 / p99 with", f"{_fmt(lat['with']['p50'], 'ms')} / {_fmt(lat['with']['p99'], 'ms')}"),
@@ -104,6 +107,10 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
         ("requests that failed", _fmt(summary["errors"])),
         ("duplicate pushes", _fmt(summary["duplicate_pushes"])),
         ("duration", f"{summary['duration_s']:.0f} s"),
+        ("counting landings as requests:", ""),
+        ("  hit ratio", _fmt(every["hit_ratio"], "%")),
+        ("  latency reduction", _fmt(every["latency_reduction"], "%")),
+        ("  wasted per requested byte", _fmt(every["wasted_per_requested_byte"])),
     ]
     for name, value in rows:
         table.add_row(name, value)

@@ -1,9 +1,16 @@
 """What a replay measures, and the one summary both the JSON and the printed table come from.
 
-Every request an agent makes is one :class:`Request`: a local hit or a fetch from its node,
+Every click an agent serves is one :class:`Request`: a local hit or a fetch from its node,
 with its latency and size. Each agent adds its push counters when it closes. The summary is
 computed once, from these alone, so the numbers printed, written to JSON and drawn in the
 report are the same numbers.
+
+A session's first click is its landing: the page load that brings the agent up, so nothing on
+the device can have answered it, and no model can have predicted it (``foresight eval`` scores
+"each test click after a session's first" for the same reason). The headline figures
+(``requests``, ``hit_ratio``, ``latency_ms``, ``wasted_per_requested_byte``) are over the
+requests for each next item, HR@5's denominator; ``all_clicks`` gives the same figures with
+every landing counted as a request too.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ class Request:
     at: float
     client_id: str
     content_id: str
-    scored: bool  # not the session's first request: a prediction could have answered it
+    landing: bool  # the session's first click: the page load that brings its agent up
     hit: bool
     latency_ms: float
     size: int
@@ -55,11 +62,9 @@ class Tally:
     errors: list[str] = field(default_factory=list)
     agents_done: int = 0
     clients_by_node: dict[str, int] = field(default_factory=dict)
-    _hits: int = 0  # kept as requests come, so the live display costs nothing per request
-
-    def add(self, request: Request) -> None:
-        self.requests.append(request)
-        self._hits += request.hit
+    # Kept as requests come, so the live display costs nothing per request.
+    _hits: int = 0
+    _next_items: int = 0
 
     def on_push(self, push: Push, received_at: float) -> None:
         if push.event_ts is not None:
@@ -84,16 +89,22 @@ class Tally:
         self.clients_by_node[node] = self.clients_by_node.get(node, 0) + 1
         self.agents_done += 1
 
+    def add(self, request: Request) -> None:
+        self.requests.append(request)
+        self._hits += request.hit
+        self._next_items += not request.landing
+
     @property
     def hits(self) -> int:
-        return sum(r.hit for r in self.requests)
+        return self._hits
 
     def live(self) -> dict[str, float]:
         """The running figures the progress display shows."""
         done = self.requests
         recent = [r.latency_ms for r in done[-500:]]
         return {
-            "hit_ratio": self._hits / len(done) if done else 0.0,
+            # A landing never hits: the hits so far over the next-item requests so far.
+            "hit_ratio": self._hits / self._next_items if self._next_items else 0.0,
             "p50_ms": percentile(recent, 0.5) if recent else 0.0,
         }
 
@@ -135,31 +146,51 @@ def summarize(
     duration_s: float,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The replay's result: the keys the issue names, then what explains them."""
-    requests = tally.requests
-    requested_bytes = sum(r.size for r in requests)
+    """The replay's result: the keys the issue names, then what explains them.
+
+    ``without_ms[i]`` is the latency of ``tally.requests[i]`` without prefetching (empty: no
+    baseline pass).
+    """
+    clicks = tally.requests
     wasted = max(0, tally.pushed_bytes - tally.used_pushed_bytes)
-    scored = [r for r in requests if r.scored]
-    with_ms = [r.latency_ms for r in requests]
+    baseline = bool(without_ms)
+    nexts = [i for i, r in enumerate(clicks) if not r.landing]
+
+    def figures(chosen: Sequence[int]) -> dict[str, Any]:
+        with_ms = [clicks[i].latency_ms for i in chosen]
+        base_ms = [without_ms[i] for i in chosen] if baseline else []
+        requested = sum(clicks[i].size for i in chosen)
+        return {
+            "requests": len(chosen),
+            "hit_ratio": _ratio(sum(clicks[i].hit for i in chosen), len(chosen)),
+            "latency_ms": {"with": latency_summary(with_ms), "without": latency_summary(base_ms)},
+            "latency_reduction": _ratio_drop(with_ms, base_ms),
+            "requested_bytes": requested,
+            "wasted_per_requested_byte": _ratio(wasted, requested),
+        }
+
+    headline = figures(nexts)
     summary: dict[str, Any] = {
-        "events": len(requests),
-        "requests": len(requests),
-        "hit_ratio": _ratio(tally.hits, len(requests)),
+        "events": len(clicks),
+        "requests": headline["requests"],
+        "hit_ratio": headline["hit_ratio"],
         "online_hr@5": None if online_hr is None else round(online_hr, 4),
-        "latency_ms": {"with": latency_summary(with_ms), "without": latency_summary(without_ms)},
+        "latency_ms": headline["latency_ms"],
         "prefetched_bytes": tally.pushed_bytes,
         "wasted_bytes": wasted,
-        "wasted_per_requested_byte": _ratio(wasted, requested_bytes),
+        "wasted_per_requested_byte": headline["wasted_per_requested_byte"],
         "click_to_push_ms": {
             "p50": _round(percentile(tally.click_to_push_ms, 0.5)),
             "p99": _round(percentile(tally.click_to_push_ms, 0.99)),
         },
-        "lost_events": len(requests) - processed,
+        "lost_events": len(clicks) - processed,
         "duplicate_pushes": tally.duplicate_pushes,
         # What explains the figures above.
-        "hit_ratio_scored": _ratio(sum(r.hit for r in scored), len(scored)),
-        "scored_requests": len(scored),
-        "requested_bytes": requested_bytes,
+        "latency_reduction": headline["latency_reduction"],
+        "requested_bytes": headline["requested_bytes"],
+        "landings": len(clicks) - len(nexts),
+        # The same figures with each session's landing counted as a request.
+        "all_clicks": figures(range(len(clicks))),
         "pushes": tally.pushes,
         "late_pushes": tally.late_pushes,
         "processed_events": processed,
@@ -170,7 +201,6 @@ def summarize(
         "views_unacked": tally.unacked_at_close,
         "views_resent": tally.resent,
         "agent_reconnects": tally.reconnects,
-        "latency_reduction": _ratio_drop(with_ms, without_ms),
         "duration_s": round(duration_s, 1),
         "errors": len(tally.errors),
         "error_samples": tally.errors[:5],

@@ -413,7 +413,7 @@ class Replay:
                         at=time.monotonic() - t0,
                         client_id=client,
                         content_id=event.content_id,
-                        scored=position > 0,
+                        landing=position == 0,
                         hit=result.from_cache,
                         latency_ms=result.latency_ms,
                         size=len(result.body),
@@ -575,9 +575,12 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
                     )
                     migrate(base)
                     run.start_nodes(base)
-                    ordered = sorted(run.tally.requests, key=lambda r: r.at)
-                    latencies = asyncio.run(run.without_prefetching(ordered))
-                    without = latencies
+                    requests = run.tally.requests
+                    order = sorted(range(len(requests)), key=lambda i: requests[i].at)
+                    latencies = asyncio.run(run.without_prefetching([requests[i] for i in order]))
+                    without = [0.0] * len(requests)  # aligned with run.tally.requests
+                    for i, latency in zip(order, latencies, strict=True):
+                        without[i] = latency
     except KeyboardInterrupt:
         interrupted = True
         duration = time.monotonic() - began
@@ -615,11 +618,12 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
             "chaos": run.chaos.as_json() if run.chaos is not None else [],
         },
     )
+    nexts = [i for i, r in enumerate(run.tally.requests) if not r.landing]
     report = ReportData(
         summary=summary,
-        hit_timeline=timeline(run.tally.requests),
-        latency_with_ms=[r.latency_ms for r in run.tally.requests],
-        latency_without_ms=without,
+        hit_timeline=timeline(run.tally.requests[i] for i in nexts),
+        latency_with_ms=[run.tally.requests[i].latency_ms for i in nexts],
+        latency_without_ms=[without[i] for i in nexts] if without else [],
         sweep=sweep,
         node_load=load,
         title=f"Foresight replay of {options.test.name}",
@@ -630,9 +634,9 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
 
 
 def write_requests(requests: Sequence[Request], without: Sequence[float], path: Path) -> None:
-    """Every request of the with-prefetching pass, and its latency without, as CSV."""
-    by_time = sorted(range(len(requests)), key=lambda i: requests[i].at)
-    without_of = dict(zip(by_time, without, strict=False))
+    """Every click of the with-prefetching pass, and its latency without, as CSV.
+
+    ``without[i]`` belongs to ``requests[i]`` (empty: no baseline pass)."""
     with path.open("w", newline="") as handle:
         out = csv.writer(handle)
         out.writerow(
@@ -640,7 +644,7 @@ def write_requests(requests: Sequence[Request], without: Sequence[float], path: 
                 "at_s",
                 "client_id",
                 "content_id",
-                "scored",
+                "landing",
                 "hit",
                 "latency_ms",
                 "latency_without_ms",
@@ -648,13 +652,13 @@ def write_requests(requests: Sequence[Request], without: Sequence[float], path: 
             ]
         )
         for i, r in enumerate(requests):
-            base = without_of.get(i)
+            base = without[i] if without else None
             out.writerow(
                 [
                     f"{r.at:.3f}",
                     r.client_id,
                     r.content_id,
-                    int(r.scored),
+                    int(r.landing),
                     int(r.hit),
                     f"{r.latency_ms:.3f}",
                     "" if base is None else f"{base:.3f}",

@@ -57,7 +57,7 @@ def _check(summary: dict[str, Any], faults: tuple[str, ...]) -> None:
     assert [f["fault"] for f in summary["chaos"]] == list(faults)
     # Every request's interaction reached Kafka: the agents keep each view and request
     # until a node acks it, and send it again to the next node when a node dies first.
-    assert summary["published_events"] == summary["requests"], summary["unpublished_samples"]
+    assert summary["published_events"] == summary["events"], summary["unpublished_samples"]
     # Whatever reached Kafka was processed, across the worker's kill and restart, and a copy
     # sent again counts once (the worker drops it by its event id).
     assert summary["processed_events"] == summary["published_events"], summary

@@ -49,11 +49,11 @@ def test_a_repeated_request_is_a_hit_from_the_local_cache_without_prefetching(
     )
     result = simulate(train, test, threshold=OFF)
     assert result.pushes == result.prefetched_bytes == result.wasted_bytes == 0
-    assert (result.requests, result.hits, result.scored_requests) == (3, 1, 2)
-    assert result.hit_ratio == pytest.approx(1 / 3)
-    assert result.hit_ratio_scored == pytest.approx(1 / 2)
-    expected = 2 * content_size("p/x") + content_size("p/y")
-    assert result.requested_bytes == expected
+    # The first click is the session's landing; the two after it are its requests.
+    assert (result.landings, result.requests, result.hits) == (1, 2, 1)
+    assert result.hit_ratio == pytest.approx(1 / 2)
+    assert result.hit_ratio_all_clicks == pytest.approx(1 / 3)
+    assert result.requested_bytes == content_size("p/x") + content_size("p/y")
 
 
 def test_a_learned_chain_is_pushed_ahead_and_turns_misses_into_hits(
@@ -63,8 +63,8 @@ def test_a_learned_chain_is_pushed_ahead_and_turns_misses_into_hits(
     assert off.hits == 0 and off.pushes == 0  # no repeats: only prefetching can hit
     assert on.pushes > 0 and on.prefetched_bytes > off.prefetched_bytes
     # After a the model pushes b, after b it pushes c: both later requests of a session hit.
-    assert on.hits == on.scored_requests == 10
-    assert on.hit_ratio_scored == 1.0 and on.hr_at_5 == 1.0
+    assert on.hits == on.requests == 10
+    assert on.hit_ratio == 1.0 and on.hr_at_5 == 1.0
 
 
 def test_waste_is_what_was_pushed_and_never_requested(chain: tuple[Path, Path]) -> None:
@@ -75,6 +75,10 @@ def test_waste_is_what_was_pushed_and_never_requested(chain: tuple[Path, Path]) 
     used = result.prefetched_bytes - result.wasted_bytes
     assert used == 5 * (content_size("p/b") + content_size("p/c"))
     assert result.wasted_per_requested_byte == result.wasted_bytes / result.requested_bytes
+    landed = 5 * content_size("p/a") + content_size("p/a")  # each session lands on a
+    assert result.wasted_per_requested_byte_all_clicks == result.wasted_bytes / (
+        result.requested_bytes + landed
+    )
 
 
 def test_the_default_threshold_is_the_shipped_one(chain: tuple[Path, Path]) -> None:
@@ -95,13 +99,14 @@ def test_the_same_inputs_give_the_same_numbers_and_points_are_independent(
 def test_as_dict_names_every_measure(chain: tuple[Path, Path]) -> None:
     result = simulate(*chain, threshold=OFF, prefetch_k=3)
     numbers = result.as_dict()
-    assert (numbers["requests"], numbers["hits"]) == (result.requests, result.hits) == (16, 0)
+    assert (numbers["requests"], numbers["hits"]) == (result.requests, result.hits) == (10, 0)
+    assert numbers["landings"] == 6
     assert set(numbers) >= {
         "requests",
         "hits",
         "hit_ratio",
-        "scored_requests",
-        "hit_ratio_scored",
+        "landings",
+        "hit_ratio_all_clicks",
         "hr_at_5",
         "pushes",
         "not_worth_bytes",
