@@ -6,8 +6,11 @@ with the cache node's push rule at the push step). A point is the 4g base thresh
 yoochoose clicks carry no connection class, so the default class's), how many predictions the
 planner considers (``prefetch_top_k``) and the push rule's bytes per unit of odds
 (``push_bytes_per_odds``; ``none``: no rule). The chosen point maximises the hit ratio among
-those whose wasted bytes per requested byte stay within ``--max-waste``: a real replay through
-Kafka, the worker, nodes and agents is noisier than this, so the bar there (1.0) gets a margin.
+those whose wasted bytes per requested byte (over the requests' bytes, as a replay counts
+them) stay within ``--max-waste``. A real replay through Kafka, the worker, nodes and agents
+wastes less than this simulation (an agent that has left gets no pushes; the simulation's
+agents never leave): 0.845 live against 1.050 offline at the shipped point on 2026-11-27, so
+the default 1.1 is about 0.88 live, a margin under the bar there (1.0).
 Prints one JSON object (every point, the shipped one and the chosen one); the table goes to
 stderr. About three minutes on two cores.
 
@@ -39,7 +42,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yoochoose-100k
 THRESHOLDS = (0.01, 0.02, 0.03)
 PREFETCH_KS = (5, 10, 20)
 BYTES_PER_ODDS: tuple[float | None, ...] = (600_000.0, 700_000.0)
-MAX_WASTE = 0.8
+MAX_WASTE = 1.1
 
 
 def grid(
