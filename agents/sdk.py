@@ -20,7 +20,6 @@ import contextlib
 import itertools
 import logging
 import random
-import re
 import time
 import uuid
 from collections import deque
@@ -63,7 +62,7 @@ from schemas.protocol import (
     digest,
     encode_message,
 )
-from schemas.records import IDENTIFIER_PATTERN, FeedbackOutcome
+from schemas.records import IDENTIFIER_PATTERN, FeedbackOutcome, is_identifier
 from schemas.validation import InvalidRecord
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,6 @@ FETCH_RETRY_S = 30.0
 CONNECT_RETRY_S = 30.0
 _AUTH_CODES = frozenset({CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.TOKEN_EXPIRED})
 _DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
-_IDENTIFIER = re.compile(f"(?=.{{1,256}}$){IDENTIFIER_PATTERN}")
 _Socket = aiohttp.ClientWebSocketResponse[bool]
 
 
@@ -208,7 +206,7 @@ class Agent:
         ``private``: Global Privacy Control, nothing this agent asks for is recorded.
         ``unused_ttl_s``: a pushed item unused this long is dropped and reported expired
         (None keeps it). ``on_push(push, received_at)`` is called for every push received."""
-        if _IDENTIFIER.fullmatch(client_id) is None:
+        if not is_identifier(client_id):
             raise ValueError(f"client_id must match ^{IDENTIFIER_PATTERN}$")
         self.client_id = client_id
         self.stats = AgentStats()
@@ -349,7 +347,7 @@ class Agent:
         """
         if self._error is not None:
             raise self._error
-        if _IDENTIFIER.fullmatch(content_id) is None:
+        if not is_identifier(content_id):
             raise ValueError(f"content_id must match ^{IDENTIFIER_PATTERN}$")
         started = time.perf_counter()
         entry = self.cache.get(content_id)
