@@ -3,7 +3,13 @@
 1. The run gets topics, a keyspace and a worker group of its own (``replay-<run>``), so runs
    never mix, and starts the origin and a worker as child processes.
 2. Warm: the training clicks are published and the worker learns them before any cache node
-   is up, so they teach the model without sending a single prefetch.
+   is up, so they teach the model without sending a single prefetch. Then the services warm
+   up: nodes on a keyspace of their own serve the last ``WARM_UP_REQUESTS`` training clicks
+   as Global Privacy Control requests (not learned), and stop; the keyspace is dropped. A JVM
+   just started runs its first minute or so several times slower, and the "without" pass
+   comes after the "with" one, so without this the first pass alone would pay for it (on a
+   freshly started Cassandra the first 45 s of "with" cost 31, 13 and 11 ms a request against
+   4 ms later). Caches stay cold for both passes: new node processes, new keyspaces.
 3. The cache nodes start. Each test session becomes one client with its own agent (the Python
    SDK); sessions start in the order they started in the data, up to ``clients`` at a time.
    Within a session the gaps between requests are the recorded ones divided by ``speed`` (at
@@ -65,6 +71,8 @@ DEFAULT_SWEEP = (0.02, 0.05, 0.1, 0.2, 0.4)
 #: How long the worker may go without processing anything before we stop waiting for it.
 DRAIN_IDLE_S = 30.0
 BASELINE_CONCURRENCY = 8
+#: Requests the warm-up serves before the passes (see the module's step 2).
+WARM_UP_REQUESTS = 12_000
 #: The first ``clients`` sessions start spread over this many seconds, not all at once: a
 #: site's visitors do not arrive in one instant, and a burst of cold connects would measure
 #: the burst rather than prefetching.
@@ -143,6 +151,7 @@ class Replay:
         self.stack = Stack()
         self.tally = Tally()
         self.total_requests: int | None = None
+        self.warm_up_s: float | None = None
         self.secret = self.settings.agent_token_secrets[0].get_secret_value()
         self.logs = options.run_dir / "logs"
         self.node_urls = [
@@ -429,7 +438,32 @@ class Replay:
             await agent.close()  # sends the last views and feedback
             self.tally.agent_done(agent)
 
-    async def without_prefetching(self, requests: Sequence[Request]) -> list[float]:
+    def warm_up(self) -> None:
+        """Nodes on a keyspace of their own serve the training data's last clicks, then stop
+        (the module's step 2): the JVMs are warm for both passes, the caches for neither."""
+        train = sorted(read_yoochoose(self.options.train), key=lambda e: e.ts)
+        requests = [
+            Request(0.0, f"warm-up-{e.client_id}", e.content_id, False, False, 0.0, 0)
+            for e in train[-WARM_UP_REQUESTS:]
+        ]
+        if not requests:
+            return
+        keyspace = f"{self.settings.cassandra_keyspace}_w"
+        settings = self.settings.model_copy(update={"cassandra_keyspace": keyspace})
+        migrate(settings)
+        started = time.monotonic()
+        self.start_nodes(settings)
+        try:
+            asyncio.run(self.without_prefetching(requests, "warming up the services"))
+            self.warm_up_s = round(time.monotonic() - started, 1)
+            log.info("warmed up the services: %d requests in %s s", len(requests), self.warm_up_s)
+        finally:
+            self.stop_nodes()
+            drop_keyspaces(self.settings, keyspace)
+
+    async def without_prefetching(
+        self, requests: Sequence[Request], phase: str = "serving without prefetching"
+    ) -> list[float]:
         """The same requests, in the same order, served by freshly started nodes to clients
         that hold nothing; latencies in request order."""
         ring = self.ring
@@ -458,7 +492,7 @@ class Replay:
                 latencies[i] = (time.perf_counter() - began) * 1000
                 done += 1
                 if done % 100 == 0:
-                    self.progress("serving without prefetching", done, len(requests))
+                    self.progress(phase, done, len(requests))
 
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             await asyncio.gather(*(worker(http) for _ in range(BASELINE_CONCURRENCY)))
@@ -534,6 +568,8 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
         with run.stack:
             run.start_core()
             run.warm()
+            if options.baseline:  # the warm-up is for the with/without comparison
+                run.warm_up()
             run.start_nodes(run.settings)
             run.wait_ring(options.nodes)
             before = run.worker_metrics()
@@ -609,6 +645,8 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
             "interrupted": interrupted,
             # From a request's Kafka timestamp to the worker starting on it, mean over the pass.
             "worker_consume_lag_ms": worker_lag_ms,
+            # The services' warm-up before the passes (None: no baseline pass, no warm-up).
+            "warm_up_s": run.warm_up_s,
             # Interactions that reached Kafka (requests minus this: never published).
             "published_events": published,
             "unpublished_samples": unpublished,

@@ -61,6 +61,8 @@ def test_a_replay_accounts_for_every_request_and_writes_its_report(
     assert summary["all_clicks"]["requests"] == expected
     assert summary["lost_events"] == 0 and summary["processed_events"] == expected
     assert summary["duplicate_pushes"] == 0
+    # The services were warmed up before the passes, on nodes of their own.
+    assert summary["warm_up_s"] > 0
     # Repeated items of a session are answered locally even before any prediction; a
     # landing never is, so counting landings as requests lowers the hit ratio.
     assert 0 < summary["all_clicks"]["hit_ratio"] < summary["hit_ratio"] <= 1
