@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +92,8 @@ HELLO_TIMEOUT_S = 10.0
 #: them) must not fill Cassandra's and the origin's queues ahead of a person's request: the
 #: cold start of a replay with all of a batch at once put 30 ms on every miss.
 PREFETCH_CONCURRENCY = 8
+#: The longest a prefetch command waits to start while content requests are being answered.
+REQUESTS_FIRST_S = 0.05
 #: Close codes of an agent saying goodbye (closed by its app, or its page going away).
 GOODBYE_CODES = (WSCloseCode.OK, WSCloseCode.GOING_AWAY)
 HEARTBEAT_S = 3.0
@@ -162,6 +164,31 @@ class NodeProcess:
         self.node: CacheNode
         self.loop: asyncio.AbstractEventLoop | None = None
         self._acks: dict[str, list[str]] = {}  # client -> agent ids to ack this loop turn
+        self._serving = 0  # content requests being answered right now
+        self._quiet = asyncio.Event()  # set while none is
+        self._quiet.set()
+
+    # --- requests first -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def serving_request(self) -> Iterator[None]:
+        """Count a content request while it is answered (prefetch work waits for it)."""
+        self._serving += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._serving -= 1
+            if not self._serving:
+                self._quiet.set()
+
+    async def requests_first(self) -> None:
+        """Before a prefetch command starts: while requests are being answered, wait for them
+        (at most REQUESTS_FIRST_S), so a person waiting gets the node's CPU, Cassandra and the
+        origin before a prediction does. Commands already running go on."""
+        if self._serving:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REQUESTS_FIRST_S):
+                    await self._quiet.wait()
 
     # --- ownership ------------------------------------------------------------------------
     def owner_url(self, client_id: str) -> str | None:
@@ -337,6 +364,7 @@ class NodeProcess:
             COMMANDS.labels("invalid").inc()
             return
         async with lane:
+            await self.requests_first()
             outcome = await self.node.on_command(command, time.time())
         COMMANDS.labels(outcome).inc()
 
@@ -457,6 +485,11 @@ def _client_of(request: web.Request, process: NodeProcess) -> str:
 
 
 async def get_content(request: web.Request) -> web.StreamResponse:
+    with request.app[NODE].serving_request():
+        return await _get_content(request)
+
+
+async def _get_content(request: web.Request) -> web.StreamResponse:
     process = request.app[NODE]
     client_id = _client_of(request, process)
     content_id = request.match_info["content_id"]

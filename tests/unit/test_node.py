@@ -1,16 +1,20 @@
 """The cache node's command path over in-memory fakes of its store and origin fetcher: the push
-rule weighs a command's probability against the item's size once the node knows it."""
+rule weighs a command's probability against the item's size once the node knows it, and
+prefetch work waits while a person's request is being answered."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import cast
 
 import pytest
 from cassandra.cluster import NoHostAvailable
 
+import consumers.server
 from consumers.fetcher import Fetched, Fetcher
 from consumers.node import CacheNode
+from consumers.server import NodeConfig, NodeProcess
 from consumers.sessions import AgentSession, SessionRegistry
 from consumers.store import ContentStore, StoredVersion
 from foresight.settings import Settings
@@ -213,3 +217,19 @@ async def test_with_cassandra_down_a_request_is_still_served_from_the_origin() -
     assert item.body == b"x" * SIZES["small"] and item.version == 1
     assert origin.fetched == ["small"]
     assert cache_node.counters.store_failures == 1
+
+
+async def test_prefetch_work_waits_while_a_request_is_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    process = NodeProcess(Settings(), NodeConfig("node-0", 0, "127.0.0.1", 1))
+    await asyncio.wait_for(process.requests_first(), 1.0)  # nothing served: no wait
+    with process.serving_request():
+        waiting = asyncio.create_task(process.requests_first())
+        await asyncio.sleep(0.02)
+        assert not waiting.done(), "a command started while a request was being answered"
+    await asyncio.wait_for(waiting, 1.0)  # the request done: the command goes on
+    # A node answering requests without a pause still carries out its commands.
+    monkeypatch.setattr(consumers.server, "REQUESTS_FIRST_S", 0.01)
+    with process.serving_request():
+        await asyncio.wait_for(process.requests_first(), 1.0)
