@@ -137,6 +137,11 @@ def timeline(requests: Iterable[Request]) -> list[tuple[float, int, int]]:
     return [(b * TIMELINE_BUCKET_S, n, h) for b, (n, h) in sorted(buckets.items())]
 
 
+def request_indices(clicks: Sequence[Request]) -> list[int]:
+    """The positions of the requests among ``clicks``: every click but the landings."""
+    return [i for i, r in enumerate(clicks) if not r.landing]
+
+
 def summarize(
     tally: Tally,
     *,
@@ -154,7 +159,7 @@ def summarize(
     clicks = tally.requests
     wasted = max(0, tally.pushed_bytes - tally.used_pushed_bytes)
     baseline = bool(without_ms)
-    nexts = [i for i, r in enumerate(clicks) if not r.landing]
+    nexts = request_indices(clicks)
 
     def figures(chosen: Sequence[int]) -> dict[str, Any]:
         with_ms = [clicks[i].latency_ms for i in chosen]

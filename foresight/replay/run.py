@@ -54,7 +54,15 @@ from foresight.replay.chaos import (
     cassandra_is_durable,
     restart_cassandra_durable,
 )
-from foresight.replay.measure import Request, Tally, metric_sum, read_metrics, summarize, timeline
+from foresight.replay.measure import (
+    Request,
+    Tally,
+    metric_sum,
+    read_metrics,
+    request_indices,
+    summarize,
+    timeline,
+)
 from foresight.report import ReportData, write_report
 from foresight.ring import HashRing, Member
 from foresight.settings import Settings
@@ -152,6 +160,7 @@ class Replay:
         self.tally = Tally()
         self.total_requests: int | None = None
         self.warm_up_s: float | None = None
+        self.warm_up_clicks: list[Interaction] = []  # the training data's last, kept by warm()
         self.secret = self.settings.agent_token_secrets[0].get_secret_value()
         self.logs = options.run_dir / "logs"
         self.node_urls = [
@@ -344,6 +353,7 @@ class Replay:
     def warm(self) -> int:
         """Publish the training clicks and wait until the worker learned them all."""
         train = sorted(read_yoochoose(self.options.train), key=lambda e: e.ts)
+        self.warm_up_clicks = train[-WARM_UP_REQUESTS:]
         before = self.processed()
         with InteractionPublisher(self.settings, source="replay-warm") as publisher:
             for start in range(0, len(train), 10_000):
@@ -439,12 +449,12 @@ class Replay:
             self.tally.agent_done(agent)
 
     def warm_up(self) -> None:
-        """Nodes on a keyspace of their own serve the training data's last clicks, then stop
-        (the module's step 2): the JVMs are warm for both passes, the caches for neither."""
-        train = sorted(read_yoochoose(self.options.train), key=lambda e: e.ts)
+        """Nodes on a keyspace of their own serve the training data's last clicks (after
+        :meth:`warm`), then stop (the module's step 2): the JVMs are warm for both passes, the
+        caches for neither."""
         requests = [
             Request(0.0, f"warm-up-{e.client_id}", e.content_id, False, False, 0.0, 0)
-            for e in train[-WARM_UP_REQUESTS:]
+            for e in self.warm_up_clicks
         ]
         if not requests:
             return
@@ -656,7 +666,7 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
             "chaos": run.chaos.as_json() if run.chaos is not None else [],
         },
     )
-    nexts = [i for i, r in enumerate(run.tally.requests) if not r.landing]
+    nexts = request_indices(run.tally.requests)
     report = ReportData(
         summary=summary,
         hit_timeline=timeline(run.tally.requests[i] for i in nexts),
