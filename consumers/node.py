@@ -39,6 +39,9 @@ MAX_BACKGROUND_WRITES = 2000
 HOLDINGS_PER_WRITE = 5
 #: How long a holding waits for others to share its write.
 HOLDINGS_WAIT_S = 0.05
+#: Hello holdings unknown to the node whose latest version is read from Cassandra on connect:
+#: a hello lists up to 10,000, most recently used first; these are the ones likely used again.
+HOLDINGS_LOOKED_UP = 256
 
 
 @dataclass
@@ -113,34 +116,32 @@ class CacheNode:
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._latest_max = latest_known
         # The newest version this node knows of each item: with the body in the BodyCache, a
-        # command for a known item costs no Cassandra read; content-updates (refresh) move it.
+        # command for a known item costs no Cassandra read; content-updates make it stale.
         self._latest: OrderedDict[str, int] = OrderedDict()
+        # The newest version content-updates announced of each item (same bound): anything older,
+        # in memory or in Cassandra's content_latest, is stale and never served or pushed again.
+        self._announced: OrderedDict[str, int] = OrderedDict()
         self.push_times: list[tuple[float, float]] = []  # (event ts, pushed at), for latency
         self._writes: set[asyncio.Task[None]] = set()
         self._held: dict[tuple[str, str], StoredVersion] = {}  # holdings waiting for a write
         self._held_flush: asyncio.Task[None] | None = None
 
-    async def ensure(
-        self, content_id: str, *, prefetch: bool = True, refresh: bool = False
-    ) -> StoredVersion:
+    async def ensure(self, content_id: str, *, prefetch: bool = True) -> StoredVersion:
         """The item's latest version with its body: from memory, Cassandra or the origin.
 
         One caller per item at a time goes further than memory; the others wait for it, so an
         item is fetched once however many commands ask for it.
         """
-        if not refresh:
-            known = self._in_memory(content_id)
-            if known is not None:
-                return known
+        known = self._in_memory(content_id)
+        if known is not None:
+            return known
         lock, users = self._locks.setdefault(content_id, (asyncio.Lock(), [0]))
         users[0] += 1
         try:
             async with lock:
-                known = None if refresh else self._in_memory(content_id)
+                known = self._in_memory(content_id)
                 if known is None:  # else: fetched by the caller we waited for
-                    known = await self._load_or_fetch(
-                        content_id, prefetch=prefetch, refresh=refresh
-                    )
+                    known = await self._load_or_fetch(content_id, prefetch=prefetch)
                     self._remember(content_id, known.version)
                 return known
         finally:
@@ -151,21 +152,31 @@ class CacheNode:
     def _remember(self, content_id: str, version: int) -> None:
         """The newest version known of an item, for the most recent ``latest_known`` items
         (an item forgotten here is looked up in Cassandra again)."""
-        self._latest[content_id] = version
-        self._latest.move_to_end(content_id)
-        if len(self._latest) > self._latest_max:
-            self._latest.popitem(last=False)
+        _bounded_put(self._latest, content_id, version, self._latest_max)
+
+    def _announce(self, content_id: str, version: int) -> None:
+        """content-updates says ``version`` is out: older copies are stale from now on."""
+        if version > self._announced.get(content_id, -1):
+            _bounded_put(self._announced, content_id, version, self._latest_max)
+
+    def _stale(self, content_id: str, version: int) -> bool:
+        return version < self._announced.get(content_id, -1)
+
+    def newest_known(self, content_id: str) -> int | None:
+        """The newest version of an item this node knows of without asking anyone."""
+        known = max(self._latest.get(content_id, -1), self._announced.get(content_id, -1))
+        return None if known < 0 else known
 
     def _in_memory(self, content_id: str) -> StoredVersion | None:
         version = self._latest.get(content_id)
-        return None if version is None else self.bodies.get(content_id, version)
+        if version is None or self._stale(content_id, version):
+            return None
+        return self.bodies.get(content_id, version)
 
-    async def _load_or_fetch(
-        self, content_id: str, *, prefetch: bool, refresh: bool
-    ) -> StoredVersion:
+    async def _load_or_fetch(self, content_id: str, *, prefetch: bool) -> StoredVersion:
         try:
             latest = await self.store.latest(content_id)
-            if latest is not None and not refresh:
+            if latest is not None and not self._stale(content_id, latest.version):
                 cached = self.bodies.get(content_id, latest.version)
                 if cached is not None:
                     return cached
@@ -375,7 +386,8 @@ class CacheNode:
         return True
 
     async def deliver_pending(self, session: AgentSession) -> int:
-        """On connect: push what was kept for this agent while it was away."""
+        """On connect: push what was kept for this agent while it was away (at the newest
+        version), then the newer versions of what its hello lists (refresh_holdings)."""
         delivered = 0
         try:
             pending = await self.store.pending(session.client_id)
@@ -383,35 +395,100 @@ class CacheNode:
             # The agent is welcome all the same; its pending rows wait for its next connect.
             self.counters.store_failures += 1
             log.warning("store unavailable, pending for %s kept: %r", session.client_id, exc)
-            return 0
+            pending = {}
         for content_id, version in pending.items():
             if session.holdings.get(content_id, -1) < version:
-                item = self.bodies.get(content_id, version) or await self.store.version(
-                    content_id, version
-                )
+                item = await self._kept(content_id, version)
                 if item is not None and self.push(session, item):
                     await self.store.record_holding(session.client_id, item)
                     delivered += 1
             await self.store.clear_pending(session.client_id, content_id)
-        return delivered
+        return delivered + await self.refresh_holdings(session)
+
+    async def _kept(self, content_id: str, version: int) -> StoredVersion | None:
+        """A version kept for an absent agent, or the newest one if an update made it stale."""
+        if not self._stale(content_id, version):
+            return self.bodies.get(content_id, version) or await self.store.version(
+                content_id, version
+            )
+        try:
+            return await self.ensure(content_id)
+        except (FetchRefused, FetchFailed) as exc:
+            log.warning("newest version of %s not fetched: %s", content_id, exc)
+            return None
 
     async def on_update(self, update: ContentUpdate, owns: set[str] | None = None) -> int:
-        """A new version at the origin: refetch it and push it to every agent of this node
-        that holds an older one (and to no other agent)."""
-        holders = await self.store.holders(update.content_id)
-        stale = {
-            c: v for c, v in holders.items() if v < update.version and (owns is None or c in owns)
-        }
-        if not stale:
-            return 0
+        """A new version at the origin: from now on this node serves and pushes nothing older,
+        whoever held the item; it loads the new version (so Cassandra's content_latest moves even
+        when nobody holds the item) and sends it as an update to every agent of this node that
+        holds an older one, from its hello or from pushes (and to no other agent)."""
+        content_id = update.content_id
+        self._announce(content_id, update.version)
         try:
-            item = await self.ensure(update.content_id, refresh=True)
+            holders = await self.store.holders(content_id)
+        except CASSANDRA_DOWN as exc:
+            # The connected agents' hellos and pushes still say who holds what here.
+            self.counters.store_failures += 1
+            log.warning("holders of %s unknown, updating connected agents: %r", content_id, exc)
+            holders = {}
+        for session in self.sessions.all():  # a hello's holdings are known here alone
+            held = session.holdings.get(content_id)
+            if held is not None:
+                holders[session.client_id] = held
+        try:
+            item = await self.ensure(content_id)
         except (FetchRefused, FetchFailed) as exc:
-            log.warning("update of %s not fetched: %s", update.content_id, exc)
+            log.warning("update of %s not fetched: %s", content_id, exc)
             return 0
         sent = 0
-        for client_id, held in stale.items():
-            outcome = await self.deliver(client_id, item, previous_version=held)
-            sent += outcome == "pushed"
+        for client_id, held in holders.items():
+            if held < item.version and (owns is None or client_id in owns):
+                outcome = await self.deliver(client_id, item, previous_version=held)
+                sent += outcome == "pushed"
         self.counters.updates += sent
         return sent
+
+    async def refresh_holdings(self, session: AgentSession) -> int:
+        """On connect: send an update for each item the agent's hello lists at a version older
+        than one this node knows of (the agent was away when content-updates reported it).
+
+        Items this node has no memory of are looked up in Cassandra's content_latest, for the
+        agent's HOLDINGS_LOOKED_UP most recently used ones (a hello lists those first)."""
+        stale: dict[str, int] = {}
+        unknown: list[str] = []
+        for content_id, held in session.holdings.items():
+            known = self.newest_known(content_id)
+            if known is None:
+                unknown.append(content_id)
+            elif held < known:
+                stale[content_id] = held
+        lookups = unknown[:HOLDINGS_LOOKED_UP]
+        try:
+            latest = await asyncio.gather(*(self.store.latest(c) for c in lookups))
+        except CASSANDRA_DOWN as exc:
+            self.counters.store_failures += 1
+            log.warning("store unavailable, holdings of %s not checked: %r", session.client_id, exc)
+            latest = []
+        for content_id, stored in zip(lookups, latest, strict=False):
+            if stored is not None and session.holdings[content_id] < stored.version:
+                stale[content_id] = session.holdings[content_id]
+        sent = 0
+        for content_id, held in stale.items():
+            try:
+                item = await self.ensure(content_id)
+            except (FetchRefused, FetchFailed) as exc:
+                log.warning("newer version of %s not fetched: %s", content_id, exc)
+                continue
+            if held < item.version and self.push(session, item, previous_version=held):
+                self._hold(session.client_id, item)
+                sent += 1
+        self.counters.updates += sent
+        return sent
+
+
+def _bounded_put(entries: OrderedDict[str, int], key: str, value: int, most: int) -> None:
+    """Set ``key`` as the most recent entry, dropping the least recent beyond ``most``."""
+    entries[key] = value
+    entries.move_to_end(key)
+    if len(entries) > most:
+        entries.popitem(last=False)
