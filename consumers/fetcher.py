@@ -30,6 +30,11 @@ class FetchFailed(RuntimeError):
     """The origin did not give the content (status, size, time or transport)."""
 
 
+class NotAtOrigin(FetchRefused):
+    """The origin has no such content (404 or 410): a request for it is answered 404, as a
+    refused id is, not as an origin failure."""
+
+
 @dataclass(frozen=True)
 class FetcherConfig:
     url_template: str = "http://127.0.0.1:8701/content/{content_id}"
@@ -139,6 +144,8 @@ class Fetcher:
         content_type = response.headers.get("Content-Type", "application/octet-stream")
         if response.status == 304:
             return Fetched(content_id, 304, b"", etag, content_type, version)
+        if response.status in (404, 410):
+            raise NotAtOrigin(f"{content_id}: origin answered {response.status}")
         if response.status != 200:
             raise FetchFailed(f"{content_id}: origin answered {response.status}")
         declared = response.content_length

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from consumers.fetcher import Fetcher, FetcherConfig, FetchFailed, FetchRefused
+from consumers.fetcher import Fetcher, FetcherConfig, FetchFailed, FetchRefused, NotAtOrigin
 
 
 class Origin:
@@ -24,6 +24,10 @@ class Origin:
             await asyncio.sleep(2)
         if item == "huge":
             return web.Response(body=b"x" * 5000)
+        if item == "gone":
+            raise web.HTTPNotFound()
+        if item == "broken":
+            raise web.HTTPServiceUnavailable()
         if item == "away":
             raise web.HTTPFound("http://example.com/steal")
         if item == "hop":
@@ -126,3 +130,14 @@ async def test_side_effect_urls_are_never_prefetched(setup: tuple[Fetcher, Origi
     with pytest.raises(FetchRefused, match="no-prefetch"):
         await fetcher.fetch("account/logout")
     assert origin.requests == []
+
+
+async def test_content_the_origin_does_not_have_is_refused_not_failed(
+    setup: tuple[Fetcher, Origin],
+) -> None:
+    fetcher, _ = setup
+    # A node answers a refused id 404 and a failed fetch 502: a missing page is the former.
+    with pytest.raises(NotAtOrigin):
+        await fetcher.fetch("gone", prefetch=False)
+    with pytest.raises(FetchFailed):
+        await fetcher.fetch("broken", prefetch=False)
