@@ -155,9 +155,12 @@ def agent_command(
                 "no token: pass --token, set FORESIGHT_AGENT_TOKEN, or configure "
                 "FORESIGHT_AGENT_TOKEN_SECRETS"
             )
-        token = tokens.issue(
-            settings.agent_token_secrets, client_id, settings.agent_token_ttl_s, time.time()
-        )
+        try:
+            token = tokens.issue(
+                settings.agent_token_secrets, client_id, settings.agent_token_ttl_s, time.time()
+            )
+        except ValueError as exc:
+            fail(f"FORESIGHT_AGENT_TOKEN_SECRETS: {exc}")
 
     async def session() -> Table:
         table = Table("content", "from", "version", "bytes", "ms")
