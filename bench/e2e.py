@@ -32,7 +32,7 @@ from foresight import tokens
 from foresight.cassandra import connect
 from foresight.migrate import migrate
 from foresight.settings import Settings
-from foresight.stack import free_port
+from foresight.stack import free_port, sigterm_as_ctrl_c
 from foresight.topics import create_topics
 from producers.datasets import read_yoochoose
 from producers.publisher import InteractionPublisher
@@ -241,6 +241,7 @@ async def _cassandra_writes(settings: Settings, ops: int) -> float:
         await asyncio.to_thread(cluster.shutdown)
 
 
+@sigterm_as_ctrl_c()  # SIGTERM too ends in the `finally` that stops the children
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)

@@ -33,7 +33,7 @@ from foresight.kafka import producer_config
 from foresight.migrate import migrate
 from foresight.ring import HashRing, Member
 from foresight.settings import Settings
-from foresight.stack import free_port
+from foresight.stack import free_port, sigterm_as_ctrl_c
 from foresight.topics import create_topics
 from producers.datasets import read_yoochoose
 from producers.publisher import InteractionPublisher
@@ -182,6 +182,7 @@ def plain_loop(base: Settings, events: list[Interaction]) -> float:
         consumer.close()
 
 
+@sigterm_as_ctrl_c()  # SIGTERM too ends in the `finally` that stops the worker
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=13_568)

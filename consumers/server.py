@@ -310,12 +310,14 @@ class NodeProcess:
         FEEDBACK.labels(message.outcome).inc()
 
     def dead_letter(self, topic: str, msg: Any, reason: str) -> None:
-        letter = DeadLetter(
+        """Send a record that failed validation to its dead-letter topic and count it; the
+        letter is bounded (DeadLetter.of), so it fits however big the record was."""
+        letter = DeadLetter.of(
             topic=topic,
             partition=msg.partition(),
             offset=msg.offset(),
             key=msg.key(),
-            value=msg.value() or b"",
+            value=msg.value(),
             reason=reason,
             rejected_by=self.config.node_id,
             ts=time.time(),
@@ -439,7 +441,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         ),
         http,
     )
-    store = await asyncio.to_thread(ContentStore, session, settings.cassandra_keyspace)
+    store = await asyncio.to_thread(
+        ContentStore, session, settings.cassandra_keyspace, pending_ttl_s=settings.prefetch_ttl_s
+    )
     process.node = CacheNode(
         process.config.node_id,
         store,

@@ -2,7 +2,8 @@
 
 Writes are idempotent (the same version written twice is the same row), so a replayed
 prefetch command is harmless. In-flight requests are capped so a burst cannot queue without
-bound inside the driver.
+bound inside the driver. A pending push lives as long as a prefetch command
+(FORESIGHT_PREFETCH_TTL_S): past that its prediction is stale, so the row expires.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from consumers.metrics import CASSANDRA_ERRORS, CASSANDRA_SECONDS
 from foresight.cassandra import execute
+from foresight.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,37 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+#: FORESIGHT_PREFETCH_TTL_S's default, for a store made without settings (bench, tests).
+DEFAULT_PENDING_TTL_S: float = Settings.model_fields["prefetch_ttl_s"].default
+#: Cassandra refuses a TTL over 20 years.
+MAX_TTL_S = 630_720_000
+
+
+def pending_ttl(seconds: float) -> int:
+    """A pending push's TTL in whole seconds for ``USING TTL``: rounded up, and at least 1,
+    since a TTL of 0 would mean "never expires".
+
+    >>> pending_ttl(600.0), pending_ttl(0.2), pending_ttl(1e12)
+    (600, 1, 630720000)
+    """
+    return min(MAX_TTL_S, max(1, math.ceil(seconds)))
+
+
 class ContentStore:
     """content_versions, content_latest, client_holdings, content_holders, client_history and
     pending_pushes for one keyspace."""
 
-    def __init__(self, session: Session, keyspace: str, max_in_flight: int = 128) -> None:
+    def __init__(
+        self,
+        session: Session,
+        keyspace: str,
+        max_in_flight: int = 128,
+        *,
+        pending_ttl_s: float = DEFAULT_PENDING_TTL_S,
+    ) -> None:
         self._session = session
         self._limit = asyncio.Semaphore(max_in_flight)
+        self._pending_ttl = pending_ttl(pending_ttl_s)
         ks = keyspace
         prepare = session.prepare
         self._put_version = prepare(
@@ -94,7 +121,7 @@ class ContentStore:
         )
         self._put_pending = prepare(
             f"INSERT INTO {ks}.pending_pushes (client_id, content_id, version, queued_at)"
-            " VALUES (?, ?, ?, ?)"
+            " VALUES (?, ?, ?, ?) USING TTL ?"
         )
         self._get_pending = prepare(
             f"SELECT content_id, version FROM {ks}.pending_pushes WHERE client_id = ?"
@@ -204,7 +231,10 @@ class ContentStore:
         )
 
     async def queue_pending(self, client_id: str, content_id: str, version: int) -> None:
-        await self._run(self._put_pending, (client_id, content_id, version, _now()), write=True)
+        """Keep a push for a client whose agent is offline, until it connects or the push's
+        prediction expires (the row's TTL; queueing it again starts the TTL again)."""
+        params = (client_id, content_id, version, _now(), self._pending_ttl)
+        await self._run(self._put_pending, params, write=True)
 
     async def pending(self, client_id: str) -> dict[str, int]:
         rows = await self._run(self._get_pending, (client_id,))

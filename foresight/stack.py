@@ -4,10 +4,16 @@ The demo and the replay start each process as ``python -m foresight <command>`` 
 settings of the run in its environment, wait for its /healthz, and stop them all at the end
 (SIGTERM, then SIGKILL after a grace period), whatever ends the run. Each child writes its log
 to a file of the run's folder, which an error message points to.
+
+The children run in sessions of their own, so a signal to the command reaches the command
+alone: while a :class:`Stack` is open (or inside :func:`sigterm_as_ctrl_c`, for commands that
+start children another way), SIGTERM does what Ctrl+C does, and the command stops them all.
+A second signal while they stop cuts the grace short: the rest are killed at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -15,12 +21,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Self
 
 #: Faust's group join and table recovery, Cassandra sessions, the ring catch-up: a cold,
@@ -144,11 +151,52 @@ class Child:
             self.process.wait()
 
 
+def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM's handler: whatever Ctrl+C would do now (asyncio.run cancels its main task,
+    elsewhere KeyboardInterrupt). Where SIGINT is ignored (a background job of a script),
+    KeyboardInterrupt all the same: SIGTERM must stop the command."""
+    on_sigint = signal.getsignal(signal.SIGINT)
+    if callable(on_sigint):
+        on_sigint(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+def _catch_sigterm() -> Callable[[], None]:
+    """Make SIGTERM act as Ctrl+C; return what puts the previous handler back. Off the main
+    thread Python cannot set handlers (and the main thread's own stay in force): nothing to do.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, _as_ctrl_c)
+
+    def restore() -> None:
+        # None: a handler not set from Python, i.e. the default one.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    return restore
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Within the block SIGTERM does what Ctrl+C does, so a command's clean-up (its
+    ``finally`` and ``with`` blocks, which stop its children) runs on either."""
+    restore = _catch_sigterm()
+    try:
+        yield
+    finally:
+        restore()
+
+
 class Stack:
-    """Children started in order and stopped in reverse order, as a context manager."""
+    """Children started in order and stopped in reverse order, as a context manager.
+
+    While it is open, SIGTERM acts as Ctrl+C (see the module's docstring), so that `kill`,
+    a CI timeout or systemd stops the children too."""
 
     def __init__(self) -> None:
         self.children: dict[str, Child] = {}
+        self._restore_sigterm: Callable[[], None] | None = None
 
     def start(self, child: Child, *, wait: bool = True) -> Child:
         self.children[child.name] = child
@@ -161,11 +209,24 @@ class Stack:
         self.children.pop(name).stop()
 
     def stop_all(self) -> None:
+        """Stop every child, newest first. Interrupted while it waits (a second Ctrl+C or
+        SIGTERM), it kills the rest without waiting, then raises KeyboardInterrupt."""
+        hurried = False
         for child in reversed(list(self.children.values())):
-            child.stop()
+            if hurried:
+                child.kill()
+                continue
+            try:
+                child.stop()
+            except KeyboardInterrupt:
+                hurried = True
+                child.kill()
         self.children.clear()
+        if hurried:
+            raise KeyboardInterrupt
 
     def __enter__(self) -> Self:
+        self._restore_sigterm = _catch_sigterm()
         return self
 
     def __exit__(
@@ -174,4 +235,9 @@ class Stack:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop_all()
+        try:
+            self.stop_all()
+        finally:
+            if self._restore_sigterm is not None:
+                self._restore_sigterm()
+                self._restore_sigterm = None

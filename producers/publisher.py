@@ -191,16 +191,21 @@ class InteractionPublisher:
             if isinstance(raw, bytes)
             else (raw.encode() if isinstance(raw, str) else encode(raw))
         )
-        if len(value) > 512 * 1024:
-            reason = f"{reason} (value cut from {len(value)} bytes)"
-            value = value[: 512 * 1024]
-        letter = DeadLetter(
-            topic=self.topic, value=value, reason=reason, rejected_by=self.source, ts=time.time()
+        # Never produced, so no partition or offset: the letter is all that is left of it.
+        letter = DeadLetter.of(
+            topic=self.topic,
+            partition=None,
+            offset=None,
+            key=None,
+            value=value,
+            reason=reason,
+            rejected_by=self.source,
+            ts=time.time(),
         )
         self._produce(self.dead_letter_topic, None, encode(letter), self._callback(on_delivery))
         self.counts.rejected += 1
-        self.counts.reasons.append(reason)
-        log.info("rejected record to %s: %s", self.dead_letter_topic, reason)
+        self.counts.reasons.append(letter.reason)
+        log.info("rejected record to %s: %s", self.dead_letter_topic, letter.reason)
 
     def publish_many(self, records: Iterable[bytes | str | dict[str, Any]]) -> PublishCounts:
         for raw in records:

@@ -8,6 +8,7 @@ validation instead of being half-read.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated, Literal
 
@@ -172,22 +173,100 @@ class SecurityAlert(Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tru
         check_identifiers(self, "client_id")
 
 
+#: What a dead letter keeps of the rejected record: its first bytes, enough to see what it
+#: was. Its size and digest identify the whole, which stays in the source topic at
+#: topic/partition/offset until retention removes it. With these bounds every dead letter
+#: encodes to under 100 KiB, far below Kafka's 1 MiB, however big the record.
+DEAD_LETTER_VALUE_BYTES = 64 * 1024
+DEAD_LETTER_KEY_BYTES = 1024
+DEAD_LETTER_REASON_CHARS = 1024
+
+
 class DeadLetter(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """A rejected record with the reason it was rejected (topics ``TOPIC-dlq``).
 
-    The original bytes are kept whole (base64) so that nothing is lost and an operator can
-    replay them once the cause is fixed.
+    ``value`` and ``key`` are the record's bytes (base64 in JSON), whole when small, else
+    their first 64 KiB and 1 KiB, so that a letter always fits where the record did;
+    ``value_size``, ``value_sha256`` and ``key_size`` describe the whole originals, and
+    topic/partition/offset say where to find them. Letters written before those three
+    fields existed decode with them null.
     """
 
     schema_version: Version = SCHEMA_VERSION
     topic: Annotated[str, Meta(min_length=1, max_length=249)]
     partition: int | None = None
     offset: int | None = None
-    key: bytes | None = None
-    value: bytes
-    reason: Annotated[str, Meta(min_length=1)]
+    key: (
+        Annotated[bytes, Meta(description=f"The key, or its first {DEAD_LETTER_KEY_BYTES} bytes.")]
+        | None
+    ) = None
+    value: Annotated[
+        bytes, Meta(description=f"The value, or its first {DEAD_LETTER_VALUE_BYTES} bytes.")
+    ]
+    reason: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description=f"Why it was rejected; at most {DEAD_LETTER_REASON_CHARS} characters.",
+        ),
+    ]
     rejected_by: Annotated[str, Meta(min_length=1, max_length=128)]
     ts: Timestamp
+    value_size: (
+        Annotated[int, Meta(ge=0, description="Length of the whole original value, in bytes.")]
+        | None
+    ) = None
+    value_sha256: (
+        Annotated[
+            str,
+            Meta(
+                pattern="^[0-9a-f]{64}$",
+                description="SHA-256 of the whole original value, lowercase hex.",
+            ),
+        ]
+        | None
+    ) = None
+    key_size: (
+        Annotated[int, Meta(ge=0, description="Length of the whole original key, in bytes.")] | None
+    ) = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        topic: str,
+        partition: int | None,
+        offset: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        rejected_by: str,
+        ts: float,
+    ) -> DeadLetter:
+        """The dead letter of one record: every dead-letter path builds it here, so that each
+        one fits in a Kafka message whatever the record's size.
+
+        >>> letter = DeadLetter.of(topic="interactions", partition=0, offset=7, key=None,
+        ...     value=b"x" * 100_000, reason="too big", rejected_by="doc", ts=0.0)
+        >>> len(letter.value), letter.value_size, letter.value_sha256[:12]
+        (65536, 100000, 'd69e68988157')
+        """
+        value = value or b""
+        if len(reason) > DEAD_LETTER_REASON_CHARS:
+            reason = reason[: DEAD_LETTER_REASON_CHARS - 1] + "\N{HORIZONTAL ELLIPSIS}"
+        return cls(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=None if key is None else key[:DEAD_LETTER_KEY_BYTES],
+            value=value[:DEAD_LETTER_VALUE_BYTES],
+            reason=reason or "no reason given",
+            rejected_by=rejected_by[:128],
+            ts=ts,
+            value_size=len(value),
+            value_sha256=hashlib.sha256(value).hexdigest(),
+            key_size=None if key is None else len(key),
+        )
 
 
 RECORD_TYPES: dict[str, type[Struct]] = {

@@ -163,19 +163,22 @@ def create_app(settings: Settings) -> faust.App:
         return loads_record(raw) if raw else None
 
     async def reject(topic: str, message: Any, reason: str) -> None:
-        letter = DeadLetter(
+        letter = DeadLetter.of(
             topic=topic,
             partition=message.partition,
             offset=message.offset,
             key=message.key,
-            value=message.value if message.value is not None else b"",
+            value=message.value,
             reason=reason,
             rejected_by=f"worker-{settings.worker_id}",
             ts=time.time(),
         )
-        await dead_letters[topic].send(key=message.key, value=encode(letter))
+        # Keyed by the letter's key (the record's, cut like its value): both always fit.
+        await dead_letters[topic].send(key=letter.key, value=encode(letter))
         metrics.DEAD_LETTERS.labels(topic).inc()
-        log.warning("dead-lettered %s[%s]@%s: %s", topic, message.partition, message.offset, reason)
+        log.warning(
+            "dead-lettered %s[%s]@%s: %s", topic, message.partition, message.offset, letter.reason
+        )
 
     @app.agent(interactions, concurrency=1)
     async def process_interactions(stream: faust.StreamT[bytes]) -> None:
