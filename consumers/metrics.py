@@ -65,3 +65,13 @@ BEACONS = Counter(
     "Beacons (feedback and views posted over HTTP by an agent without a socket), by outcome",
     ["outcome"],
 )
+RATE_LIMITED = Counter(
+    "foresight_node_agents_rate_limited_total",
+    "Agent connections closed 4008 for sending frames over the rate limit (their frames past "
+    "the limit were not recorded)",
+)
+FRAMES_UNSENT = Counter(
+    "foresight_node_frames_unsent_total",
+    "Frames queued for an agent and not sent because the node closed its connection (a "
+    "redirect, a slow agent, a refused frame); its next hello tells its node what it holds",
+)

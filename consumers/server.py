@@ -37,19 +37,20 @@ from consumers.metrics import (
     FEEDBACK,
     PRODUCER_QUEUE,
     QUEUED,
+    RATE_LIMITED,
     REQUESTS,
     RING_MEMBERS,
     STORE_WRITES,
 )
 from consumers.node import CacheNode
-from consumers.sessions import AgentSession, SessionRegistry
+from consumers.sessions import AgentSession, SessionRegistry, TokenBucket
 from consumers.static import add_agent_routes
 from consumers.store import ContentStore
 from foresight import tokens
 from foresight.cassandra import connect
 from foresight.kafka import producer_config
 from foresight.membership import MembershipWatcher
-from foresight.ring import EmptyRingError
+from foresight.ring import EmptyRingError, Member
 from foresight.settings import Settings
 from schemas import (
     ContentUpdate,
@@ -67,7 +68,11 @@ from schemas.protocol import (
     BEACON_MAX,
     BEACON_PATH,
     EVENT_HEADER,
+    HELLO_TIMEOUT_S,
     MAX_ACK_IDS,
+    MAX_BAD_FRAMES,
+    MAX_ERROR_REASON,
+    MAX_MESSAGE_BYTES,
     WS_PATH,
     Ack,
     CloseCode,
@@ -77,17 +82,19 @@ from schemas.protocol import (
     Ping,
     Pong,
     Redirect,
+    UnsupportedVersion,
     View,
     Welcome,
     agent_event_id,
+    close_reason,
     decode_from_agent,
+    decode_hello,
     encode_message,
 )
 from schemas.records import InteractionKind, MemberState, is_identifier
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT_S = 10.0
 #: Prefetch commands a node carries out at once. A click's burst of commands (or a backlog of
 #: them) must not fill Cassandra's and the origin's queues ahead of a person's request: the
 #: cold start of a replay with all of a batch at once put 30 ms on every miss.
@@ -191,8 +198,9 @@ class NodeProcess:
                     await self._quiet.wait()
 
     # --- ownership ------------------------------------------------------------------------
-    def owner_url(self, client_id: str) -> str | None:
-        """The base URL of the client's owner when it is another node, else None."""
+    def owner(self, client_id: str) -> Member | None:
+        """The client's owner when it is another node (this one, once leaving, owns none),
+        else None: this node owns it, or no node is left to."""
         ring = self.ring.ring()
         if self.leaving:
             with contextlib.suppress(KeyError):
@@ -201,7 +209,12 @@ class NodeProcess:
             owner = ring.owner(client_id)
         except EmptyRingError:
             return None
-        return None if owner.node_id == self.config.node_id else owner.url
+        return None if owner.node_id == self.config.node_id else owner
+
+    def owner_url(self, client_id: str) -> str | None:
+        """The base URL of the client's owner when it is another node, else None."""
+        owner = self.owner(client_id)
+        return None if owner is None else owner.url
 
     def owned_clients(self) -> set[str]:
         return {s.client_id for s in self.sessions.all() if self.owner_url(s.client_id) is None}
@@ -411,15 +424,12 @@ class NodeProcess:
         self.announce("leaving")
         await asyncio.to_thread(self.producer.flush, 10)
         for session in self.sessions.all():
-            url = self.owner_url(session.client_id)
-            if url is not None:
-                session.offer(
-                    encode_message(
-                        Redirect(url=ws_url(url), node_id="owner", reason="node leaving")
-                    )
-                )
-            await asyncio.sleep(0)
-            session.shut(CloseCode.MOVED if url else CloseCode.GOING_AWAY, "node leaving")
+            owner = self.owner(session.client_id)
+            if owner is None:  # no other node: the agent comes back when one is up
+                session.shut(CloseCode.GOING_AWAY, "node leaving, no other node up")
+                continue
+            redirect = Redirect(url=ws_url(owner.url), node_id=owner.node_id, reason="node leaving")
+            session.shut(CloseCode.MOVED, "node leaving", last=encode_message(redirect))
 
 
 NODE = web.AppKey("node", NodeProcess)
@@ -541,89 +551,171 @@ async def _get_content(request: web.Request) -> web.StreamResponse:
     return web.Response(body=item.body, headers=headers)
 
 
+#: The WebSocket heartbeat (aiohttp's ping control frames) and the welcome's ``heartbeat_s``.
+AGENT_HEARTBEAT_S = 25.0
+_DATA_FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
+#: Reasons for the closes aiohttp sends by itself, without one.
+_AIOHTTP_CLOSES: dict[int, str] = {
+    WSCloseCode.OK: "closing",
+    WSCloseCode.PROTOCOL_ERROR: "WebSocket protocol error",
+    WSCloseCode.INVALID_TEXT: "text frame is not UTF-8",
+    WSCloseCode.MESSAGE_TOO_BIG: f"frame over {MAX_MESSAGE_BYTES} bytes",
+}
+
+
+class AgentWebSocket(web.WebSocketResponse):
+    """An agent's socket, whose every close frame carries a reason: also those aiohttp sends
+    by itself (a frame over the limit, broken framing, text that is not UTF-8, the answer to
+    the agent's own close)."""
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        reason = message or close_reason(_AIOHTTP_CLOSES.get(code, "closing"))
+        return await super().close(code=code, message=reason, drain=drain)
+
+
+def _error(code: int, reason: str) -> bytes:
+    return encode_message(Error(code=code, reason=reason[:MAX_ERROR_REASON]))
+
+
 async def agent_socket(request: web.Request) -> web.StreamResponse:
+    """An agent's connection (docs/push-protocol.md): token, hello, welcome, then the agent's
+    frames until either side closes. An unexpected error is logged and closes it 1011."""
     process = request.app[NODE]
-    ws = web.WebSocketResponse(heartbeat=25.0, max_msg_size=4 * 1024 * 1024)
+    ws = AgentWebSocket(heartbeat=AGENT_HEARTBEAT_S, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
+    try:
+        await _handshake(process, request, ws)
+    except ConnectionError as exc:  # the agent went away while the node wrote to it
+        log.debug("agent socket lost: %r", exc)
+    except Exception:
+        log.exception("agent socket failed; closing it with 1011")
+        await ws.close(code=CloseCode.INTERNAL_ERROR, message=close_reason("internal error"))
+    return ws
+
+
+async def _handshake(process: NodeProcess, request: web.Request, ws: AgentWebSocket) -> None:
+    """Token, hello, owner: each refusal closes with its code and a reason."""
     try:
         token = tokens.token_from(request.headers.get("Authorization"), request.query.get("token"))
         claims = tokens.verify(process.secrets, token, None, time.time())
     except tokens.TokenError as exc:
-        await ws.close(code=exc.close_code, message=exc.reason.encode()[:120])
-        return ws
+        await ws.close(code=exc.close_code, message=close_reason(exc.reason))
+        return
+    hello = await _hello(ws)
+    if hello is None:
+        return
+    if hello.client_id != claims.client_id:
+        await ws.close(
+            code=CloseCode.FORBIDDEN, message=close_reason("token is for another client")
+        )
+        return
+    owner = process.owner(claims.client_id)
+    if owner is not None:
+        reason = "another node owns this client"
+        redirect = Redirect(url=ws_url(owner.url), node_id=owner.node_id, reason=reason)
+        await ws.send_str(encode_message(redirect).decode())
+        await ws.close(code=CloseCode.MOVED, message=close_reason(f"moved to {owner.node_id}"))
+        return
+    await _session(process, claims.client_id, hello, ws)
+
+
+async def _hello(ws: AgentWebSocket) -> Hello | None:
+    """The first frame, a hello; else None once the connection is closed: 4008 when none came
+    in time, error then 4009 for a frame that is not a valid hello."""
     try:
         first = await ws.receive(timeout=HELLO_TIMEOUT_S)
-        readable = first.type in (WSMsgType.TEXT, WSMsgType.BINARY)
-        hello = decode_from_agent(first.data) if readable else None
-    except (TimeoutError, InvalidRecord):
-        hello = None
-    if not isinstance(hello, Hello):
-        await ws.close(code=CloseCode.POLICY, message=b"expected hello")
-        return ws
-    if hello.client_id != claims.client_id:
-        await ws.close(code=CloseCode.FORBIDDEN, message=b"token is for another client")
-        return ws
-    owner = process.owner_url(claims.client_id)
-    if owner is not None:
-        await ws.send_bytes(
-            encode_message(
-                Redirect(url=ws_url(owner), node_id="owner", reason="another node owns this client")
-            )
-        )
-        await ws.close(code=CloseCode.MOVED, message=b"moved")
-        return ws
+    except TimeoutError:
+        reason = f"no hello within {HELLO_TIMEOUT_S:g} s"
+        await ws.close(code=CloseCode.POLICY, message=close_reason(reason))
+        return None
+    if first.type not in _DATA_FRAMES:
+        return None  # the agent closed, or aiohttp did (a frame over the limit)
+    try:
+        return decode_hello(first.data)
+    except InvalidRecord as exc:
+        await ws.send_str(_error(CloseCode.BAD_MESSAGE, exc.reason).decode())
+        await ws.close(code=CloseCode.BAD_MESSAGE, message=close_reason(exc.reason))
+        return None
+
+
+async def _session(process: NodeProcess, client_id: str, hello: Hello, ws: AgentWebSocket) -> None:
+    """A welcomed agent: its session's sender writes to it, this task reads it."""
+    settings = process.settings
 
     async def send(frame: bytes) -> None:
         await ws.send_str(frame.decode())
 
     async def close(code: int, reason: str) -> None:
-        await ws.close(code=code, message=reason.encode()[:120])
+        await ws.close(code=code, message=close_reason(reason))
 
-    agent = AgentSession(claims.client_id, send, close)
+    agent = AgentSession(client_id, send, close)
     agent.holdings = {h.content_id: h.version for h in hello.holdings}
+    now = asyncio.get_running_loop().time()
+    limit = TokenBucket(settings.agent_frames_per_s, settings.agent_frame_burst, now)
     await process.sessions.add(agent)
-    agent.offer(
-        encode_message(
-            Welcome(
-                node_id=process.config.node_id,
-                client_id=claims.client_id,
-                server_time=time.time(),
-                heartbeat_s=25.0,
-            )
-        )
-    )
-    await process.node.deliver_pending(agent)
-    bad = 0
     try:
-        async for frame in ws:
-            if frame.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                continue
-            try:
-                message = decode_from_agent(frame.data)
-                if isinstance(message, Hello):
-                    raise InvalidRecord("hello after welcome")
-            except InvalidRecord as exc:
-                bad += 1
-                agent.offer(
-                    encode_message(Error(code=CloseCode.BAD_MESSAGE, reason=exc.reason[:1024]))
-                )
-                if bad > 10:
-                    agent.shut(CloseCode.BAD_MESSAGE, "too many bad frames")
-                    break
-                continue
-            if isinstance(message, Feedback):
-                process.relay_feedback(claims.client_id, message)
-            elif isinstance(message, View):
-                process.record_request(
-                    claims.client_id, message.content_id, message.kind, message.ts, message.id
-                )
-            elif isinstance(message, Ping):
-                agent.offer(encode_message(Pong(ts=message.ts)))  # echoed, as documented
+        welcome = Welcome(
+            node_id=process.config.node_id,
+            client_id=client_id,
+            server_time=time.time(),
+            heartbeat_s=AGENT_HEARTBEAT_S,
+        )
+        agent.offer(encode_message(welcome))
+        await process.node.deliver_pending(agent)
+        await _read_frames(process, agent, ws, limit)
     finally:
         await process.sessions.remove(agent)
-    if ws.close_code in GOODBYE_CODES and process.sessions.get(claims.client_id) is None:
-        process.sessions.depart(claims.client_id)
-    return ws
+        await agent.wait_closed()
+    if ws.close_code in GOODBYE_CODES and process.sessions.get(client_id) is None:
+        process.sessions.depart(client_id)
+
+
+async def _read_frames(
+    process: NodeProcess, agent: AgentSession, ws: AgentWebSocket, limit: TokenBucket
+) -> None:
+    """Record the agent's views and feedback, answer its pings, refuse what does not decode;
+    return when the connection closes, or once the node closes it (after an error frame):
+    a frame over the rate limit (4008), of another protocol version, or one bad frame more
+    than MAX_BAD_FRAMES (4009)."""
+    loop = asyncio.get_running_loop()
+    client_id = agent.client_id
+    bad = 0
+    async for frame in ws:
+        if frame.type not in _DATA_FRAMES:
+            continue
+        if not limit.take(loop.time()):
+            reason = f"over the rate limit of {limit.rate_per_s:g} frames/s, burst {limit.burst}"
+            RATE_LIMITED.inc()
+            log.warning("agent %s sent frames %s; closing it", client_id, reason)
+            agent.shut(CloseCode.POLICY, reason, _error(CloseCode.POLICY, reason), flush=True)
+            return
+        try:
+            message = decode_from_agent(frame.data)
+            if isinstance(message, Hello):
+                raise InvalidRecord("hello after welcome")
+        except UnsupportedVersion as exc:
+            error = _error(CloseCode.BAD_MESSAGE, exc.reason)
+            agent.shut(CloseCode.BAD_MESSAGE, exc.reason, error, flush=True)
+            return
+        except InvalidRecord as exc:
+            bad += 1
+            error = _error(CloseCode.BAD_MESSAGE, exc.reason)
+            if bad > MAX_BAD_FRAMES:
+                reason = f"more than {MAX_BAD_FRAMES} bad frames"
+                agent.shut(CloseCode.BAD_MESSAGE, reason, error, flush=True)
+                return
+            agent.offer(error)
+            continue
+        if isinstance(message, Feedback):
+            process.relay_feedback(client_id, message)
+        elif isinstance(message, View):
+            process.record_request(
+                client_id, message.content_id, message.kind, message.ts, message.id
+            )
+        elif isinstance(message, Ping):
+            agent.offer(encode_message(Pong(ts=message.ts)))  # echoed, as documented
 
 
 async def beacon(request: web.Request) -> web.Response:

@@ -1,8 +1,11 @@
-"""Connected agents: one bounded outbox and one sender task per agent.
+"""Connected agents: one bounded outbox and one sender task per agent, and the rate limit on
+what an agent sends.
 
 Only the sender task writes to an agent's socket, with a time limit, so a slow agent fills its
 own outbox and is closed with 1013 (try again later); it never stalls the node or the other
-agents.
+agents. A close that follows an error frame (why the node closes) takes over the socket from
+the sender, so the error goes out first. :class:`TokenBucket` is the per-connection limit on
+the frames an agent sends (docs/push-protocol.md, "Rate limit").
 """
 
 from __future__ import annotations
@@ -15,12 +18,54 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from consumers.metrics import FRAMES_UNSENT
 from schemas.protocol import CloseCode
 
 log = logging.getLogger(__name__)
 
 SendBytes = Callable[[bytes], Coroutine[Any, Any, None]]
 Close = Callable[[int, str], Coroutine[Any, Any, None]]
+
+#: Frames an agent's outbox holds; one more closes the agent with 1013.
+OUTBOX_FRAMES = 256
+#: The longest one frame may take to reach an agent (and its close frame at the end);
+#: longer closes the agent with 1013.
+SEND_TIMEOUT_S = 10.0
+
+
+@dataclass
+class TokenBucket:
+    """A rate limit: ``burst`` frames at once, then ``rate_per_s`` sustained.
+
+    Pure: the caller passes the time (a monotonic clock), so tests need no sleeps.
+
+    >>> bucket = TokenBucket(rate_per_s=2.0, burst=3, now=0.0)
+    >>> [bucket.take(0.0) for _ in range(4)]
+    [True, True, True, False]
+    >>> bucket.take(0.5)
+    True
+    """
+
+    rate_per_s: float
+    burst: int
+    now: float
+    _tokens: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.rate_per_s <= 0 or self.burst < 1:
+            raise ValueError("a token bucket needs a positive rate and a burst of at least 1")
+        self._tokens = float(self.burst)
+
+    def take(self, now: float) -> bool:
+        """Whether one more frame may pass at ``now``; a refused frame costs nothing."""
+        self._tokens = min(
+            float(self.burst), self._tokens + max(0.0, now - self.now) * self.rate_per_s
+        )
+        self.now = max(self.now, now)
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 @dataclass
@@ -30,11 +75,13 @@ class AgentSession:
     client_id: str
     send: SendBytes
     close: Close
-    max_queue: int = 256
-    send_timeout_s: float = 10.0
+    max_queue: int = OUTBOX_FRAMES
+    send_timeout_s: float = SEND_TIMEOUT_S
     holdings: dict[str, int] = field(default_factory=dict)  # content_id -> version held
     _outbox: asyncio.Queue[bytes] = field(init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _closing: asyncio.Task[None] | None = field(default=None, init=False)
+    _sending: bool = field(default=False, init=False)  # the sender holds a frame
     closed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +109,7 @@ class AgentSession:
     async def _sender(self) -> None:
         while not self.closed:
             frame = await self._outbox.get()
+            self._sending = True
             try:
                 await asyncio.wait_for(self.send(frame), self.send_timeout_s)
             except TimeoutError:
@@ -73,14 +121,47 @@ class AgentSession:
                 self.shut(CloseCode.TRY_AGAIN_LATER, "too slow: send timed out")
             except (ConnectionError, RuntimeError):
                 self.closed = True
+            finally:
+                self._sending = False
 
-    def shut(self, code: int, reason: str) -> None:
-        """Close the connection with ``code`` (once; the sender stops)."""
+    def shut(
+        self, code: int, reason: str, last: bytes | None = None, *, flush: bool = False
+    ) -> None:
+        """Close the connection with ``code``, once. With ``flush`` the frame being sent and
+        the queued ones go out first (the errors and pongs that came before: the agent is
+        reading), else they are dropped and counted; then ``last`` when given (the error frame
+        saying why, or a redirect)."""
         if self.closed:
             return
         self.closed = True
-        task: asyncio.Task[None] = asyncio.create_task(self.close(code, reason))
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        self._closing = asyncio.create_task(self._finish(code, reason, last, flush))
+        self._closing.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _finish(self, code: int, reason: str, last: bytes | None, flush: bool) -> None:
+        """Take the socket over from the sender, send what is due, close. Each step waits at
+        most send_timeout_s: an agent that stopped reading cannot hold the node."""
+        if flush and self._task is not None and self._sending:  # its frame, then it stops
+            await asyncio.wait([self._task], timeout=self.send_timeout_s)
+        await self.stop()
+        due = [self._outbox.get_nowait() for _ in range(self._outbox.qsize())] if flush else []
+        if unsent := self._outbox.qsize():
+            FRAMES_UNSENT.inc(unsent)
+            log.info(
+                "agent %s closed %d (%s): %d frames unsent", self.client_id, code, reason, unsent
+            )
+        due += [last] if last is not None else []
+        with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
+            async with asyncio.timeout(self.send_timeout_s):
+                for frame in due:
+                    await self.send(frame)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.send_timeout_s):
+                await self.close(code, reason)
+
+    async def wait_closed(self) -> None:
+        """Return once a close started by :meth:`shut` is done (at once when none was)."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
 
     async def stop(self) -> None:
         self.closed = True

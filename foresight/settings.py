@@ -222,6 +222,20 @@ class Settings(BaseSettings):
         description="Lifetime of a token from `foresight token issue` "
         "(FORESIGHT_AGENT_TOKEN_TTL_S).",
     )
+    agent_frames_per_s: float = Field(
+        50.0,
+        gt=0,
+        description="Frames per second one agent connection may send its cache node, "
+        "sustained; beyond it and the burst the node closes it 4008 "
+        "(FORESIGHT_AGENT_FRAMES_PER_S).",
+    )
+    agent_frame_burst: int = Field(
+        2000,
+        ge=1,
+        description="Frames one agent connection may send at once over the sustained rate: "
+        "room for an agent's whole buffer of feedback and views after a reconnect "
+        "(FORESIGHT_AGENT_FRAME_BURST).",
+    )
     cache_node_base_port: int = Field(
         8710,
         ge=1,

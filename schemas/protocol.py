@@ -22,7 +22,7 @@ schemas.validation.InvalidRecord: invalid message: Invalid value 'teleport' - at
 from __future__ import annotations
 
 import hashlib
-import re
+import json
 from enum import IntEnum
 from typing import Annotated, Any, Literal
 
@@ -55,6 +55,15 @@ MAX_BODY_BYTES = 3 * 1024 * 1024 - 64 * 1024
 MAX_HOLDINGS = 10_000
 #: Most ids one ack may carry.
 MAX_ACK_IDS = 256
+#: How long a node waits for the hello after the upgrade.
+HELLO_TIMEOUT_S = 10.0
+#: Bad frames a node answers with an error after the welcome; one more closes the connection.
+MAX_BAD_FRAMES = 10
+#: Longest close reason in UTF-8 bytes (RFC 6455: a control frame's payload is at most 125
+#: bytes, two of them the code).
+MAX_CLOSE_REASON_BYTES = 123
+#: Longest reason of an error message.
+MAX_ERROR_REASON = 1024
 #: The request header that gives a request's id (a view's ``id``): the node acks it on the
 #: agent's socket once Kafka holds the interaction.
 EVENT_HEADER = "X-Foresight-Event"
@@ -74,13 +83,19 @@ def agent_event_id(client_id: str, agent_id: str) -> str:
 class CloseCode(IntEnum):
     """WebSocket close codes of the protocol; docs/push-protocol.md says what the agent does."""
 
-    #: The node is shutting down; reconnect (to the ring's owner) after a short backoff.
+    #: The node is shutting down and no other node takes the client; reconnect after a
+    #: short backoff (an agent that closes with it is leaving: its page went away).
     GOING_AWAY = 1001
+    #: A frame broke the WebSocket framing rules (aiohttp closes with this by itself).
+    PROTOCOL_ERROR = 1002
+    #: A text frame that is not UTF-8 (aiohttp closes with this by itself).
+    INVALID_TEXT = 1007
     #: A frame exceeded MAX_MESSAGE_BYTES (aiohttp closes with this by itself).
     MESSAGE_TOO_BIG = 1009
-    #: The node failed; reconnect with backoff.
+    #: An unexpected error in the node's handler of this connection; reconnect with backoff.
     INTERNAL_ERROR = 1011
-    #: The agent read too slowly and its bounded queue overflowed; reconnect with backoff.
+    #: The agent read too slowly: its bounded queue overflowed or a send timed out; reconnect
+    #: with backoff.
     TRY_AGAIN_LATER = 1013
     #: The token is missing, malformed or its signature is wrong.
     UNAUTHORIZED = 4001
@@ -90,9 +105,10 @@ class CloseCode(IntEnum):
     FORBIDDEN = 4003
     #: The token has expired (or is not valid yet); get a new one.
     TOKEN_EXPIRED = 4004
-    #: Policy: no hello in time, too many messages, or the client is blocked by the guard.
+    #: Policy: no hello within HELLO_TIMEOUT_S, or frames faster than the node's rate limit.
     POLICY = 4008
-    #: A frame that does not decode, or a message sent in the wrong direction or state.
+    #: A first frame that is not a valid hello, a frame of another protocol_version, or more
+    #: than MAX_BAD_FRAMES frames that do not decode (or come in the wrong direction or state).
     BAD_MESSAGE = 4009
     #: The client moved to another node; reconnect to the url of the preceding redirect.
     MOVED = 4010
@@ -329,7 +345,32 @@ _decoders: dict[str, msgspec.json.Decoder[Any]] = {
     "agent message": msgspec.json.Decoder(AgentMessage),
     "node message": msgspec.json.Decoder(NodeMessage),
 }
-_version_error = re.compile(r"at `\$\.protocol_version`$")
+
+
+class UnsupportedVersion(InvalidRecord):
+    """A frame of another ``protocol_version``: the peer speaks a protocol this side does not,
+    so nothing it sends next can be trusted to mean what this side reads (close 4009)."""
+
+
+class _Envelope(Struct):
+    """Only the version of a frame, read when the frame does not decode as a message."""
+
+    protocol_version: Any = PROTOCOL_VERSION
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+
+
+def _other_version(raw: bytes | str) -> str | None:
+    """The frame's protocol_version (as JSON, shortened) when it is a JSON object naming
+    another one than this side's, else None."""
+    try:
+        version = _envelope.decode(raw).protocol_version
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        return None
+    if type(version) is int and version == PROTOCOL_VERSION:
+        return None
+    return json.dumps(version)[:20]
 
 
 def encode_message(message: Message) -> bytes:
@@ -341,10 +382,12 @@ def _decode(kind: str, raw: bytes | str) -> Any:
     try:
         return _decoders[kind].decode(raw)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        if _version_error.search(text):
-            text = f"unsupported protocol_version, this side speaks {PROTOCOL_VERSION}"
-        raise InvalidRecord(f"invalid {kind}: {text}") from None
+        version = _other_version(raw)
+        if version is not None:
+            raise UnsupportedVersion(
+                f"unsupported protocol_version {version}, this side speaks {PROTOCOL_VERSION}"
+            ) from None
+        raise InvalidRecord(f"invalid {kind}: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidRecord(f"malformed JSON: {exc}") from None
 
@@ -365,3 +408,25 @@ def decode_from_node(raw: bytes | str) -> NodeMessage:
     """Read a frame on the agent: only what a node may send."""
     message: NodeMessage = _decode("node message", raw)
     return message
+
+
+def decode_hello(raw: bytes | str) -> Hello:
+    """Read the first frame of a connection, which must be a hello; raise InvalidRecord (or
+    UnsupportedVersion) with a reason naming what is wrong with it."""
+    message = decode_message(raw)
+    if not isinstance(message, Hello):
+        raise InvalidRecord(f"expected hello, got {type(message).__struct_config__.tag}")
+    return message
+
+
+def close_reason(text: str) -> bytes:
+    """A close frame's reason: one line of ``text``, at most MAX_CLOSE_REASON_BYTES of UTF-8,
+    never cut inside a character (a peer fails a connection whose reason is not UTF-8).
+
+    >>> close_reason("é" * 100)[-4:].decode()
+    'éé'
+    >>> len(close_reason("é" * 100))
+    122
+    """
+    line = " ".join(text.split()) or "closing"
+    return line.encode()[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode()

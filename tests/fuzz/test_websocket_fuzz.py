@@ -6,9 +6,11 @@ one, binary, anything); 700 more say a good hello and then send ten frames each,
 and a ping. Plus three frames over the 4 MiB limit.
 
 The protocol (docs/push-protocol.md) says what must happen: a refused connection ends with one
-of its close codes and a reason; after the welcome, each frame that does not decode (or comes
-in the wrong direction or state) is answered with ``error {code: 4009, reason}`` and the
-connection stays open (up to ten of them); a binary frame holding a valid message is accepted.
+of its close codes and a reason; a first frame that is not a valid hello gets
+``error {code: 4009, reason}`` and then a close 4009; after the welcome, each frame that does
+not decode (or comes in the wrong direction or state) is answered with an error 4009 and the
+connection stays open (up to ten of them), except a frame of another protocol_version, which
+gets its error and a close 4009 at once; a binary frame holding a valid message is accepted.
 Every connection ends within bounded time, the node stays healthy and logs no exception, and an
 agent connected throughout still receives its push afterwards.
 """
@@ -36,6 +38,7 @@ from schemas.protocol import (
     Ping,
     Pong,
     Push,
+    UnsupportedVersion,
     View,
     Welcome,
     decode_from_agent,
@@ -89,9 +92,9 @@ def expected_first(kind: str, client: str, frame: fr.Frame) -> str:
     try:
         message = decode_from_agent(frame[1])
     except Exception:
-        return "refused"  # 4008 or 4009: not a hello
+        return str(int(CloseCode.BAD_MESSAGE))  # not a hello: error, then close 4009
     if not isinstance(message, Hello):
-        return "refused"
+        return str(int(CloseCode.BAD_MESSAGE))
     return "welcome" if message.client_id == subject else str(int(CloseCode.FORBIDDEN))
 
 
@@ -142,12 +145,19 @@ def judge_close(tally: Tally, label: str, expected: str, code: int, reason: str)
     tally.outcomes[f"{label}:{code}"] += 1
     if code not in CLOSE_CODES:
         tally.unexpected.append((label, expected, code))
-    # aiohttp itself closes an oversized frame with 1009 and no reason; the code says it all.
-    if not reason and code != CloseCode.MESSAGE_TOO_BIG:
+    if not reason:  # every close the node sends says why, aiohttp's own 1009 included
         tally.no_reason.append((label, code))
-    refused = code in (CloseCode.POLICY, CloseCode.BAD_MESSAGE)
-    if expected not in (str(code), "any") and not (expected == "refused" and refused):
+    if expected not in (str(code), "any"):
         tally.unexpected.append((label, expected, code))
+
+
+def judge_error(tally: Tally, label: str, error: Error | None, code: int | None) -> None:
+    """A close 4009 comes after an error 4009 with a reason, and only then."""
+    due = code == CloseCode.BAD_MESSAGE
+    if due and (error is None or error.code != code or not error.reason):
+        tally.unexpected.append((label, "error 4009 before the close", error))
+    if not due and error is not None:
+        tally.unexpected.append((label, f"no error before {code}", error))
 
 
 async def try_hello(
@@ -156,18 +166,23 @@ async def try_hello(
     expected = "1009" if len(frame[1]) > MAX_MESSAGE_BYTES else expected_first(kind, client, frame)
     token = token_for(kind, client)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    error: Error | None = None
     try:
         async with session.ws_connect(url, headers=headers) as ws:
             await send(ws, frame)
             what, detail = await answer(ws)
+            if what == "message" and isinstance(detail, Error):
+                error = detail
+                what, detail = await answer(ws)
     except (aiohttp.ClientError, ConnectionError) as exc:
         what, detail = "refused upgrade", repr(exc)
     if what == "message" and isinstance(detail, Welcome):
         tally.outcomes["hello:welcome"] += 1
-        if expected != "welcome":
+        if expected != "welcome" or error is not None:
             tally.unexpected.append(("hello", expected, "welcome"))
     elif what == "close":
         judge_close(tally, "hello", expected, *detail)
+        judge_error(tally, "hello", error, detail[0])
     elif what == "hang":
         tally.hangs.append(("hello", kind, frame[1][:80]))
     else:
@@ -184,10 +199,12 @@ async def in_turn(
 
 
 def frame_verdict(frame: fr.Frame) -> str:
-    """valid, ping (a pong due), feedback or view (relayed to Kafka), or invalid (error 4009
-    due)."""
+    """valid, ping (a pong due), feedback or view (relayed to Kafka), invalid (error 4009
+    due), or unsupported (another protocol_version: error 4009, then close 4009)."""
     try:
         message = decode_from_agent(frame[1])
+    except UnsupportedVersion:
+        return "unsupported"
     except InvalidRecord:
         return "invalid"
     except Exception:
@@ -209,6 +226,9 @@ async def try_frames(
     client = f"fz-agent-{n}"
     headers = {"Authorization": f"Bearer {token_for('valid', client)}"}
     verdicts = [frame_verdict(frame) for frame in frames]
+    if "unsupported" in verdicts:
+        await try_other_version(session, url, n, frames, verdicts, tally)
+        return
     pings = [text for (text, _), verdict in zip(frames, verdicts, strict=True) if verdict == "ping"]
     pongs_due, pongs_sure = len(pings) + 1, sum(pings) + 1  # and the closing ping's
     errors = pongs = 0
@@ -254,6 +274,62 @@ async def try_frames(
     elif what != "close":  # a close is counted by its code
         tally.outcomes[f"frames:{what}"] += 1
     tally.errors_received += errors
+
+
+async def try_other_version(
+    session: aiohttp.ClientSession,
+    url: str,
+    n: int,
+    frames: list[fr.Frame],
+    verdicts: list[str],
+    tally: Tally,
+) -> None:
+    """Frames among which one is of another protocol_version: the node reads those before it
+    as usual, answers that one with an error 4009 and closes 4009; it reads nothing after."""
+    client = f"fz-agent-{n}"
+    headers = {"Authorization": f"Bearer {token_for('valid', client)}"}
+    cut = verdicts.index("unsupported")
+    read = verdicts[:cut]
+    pings = [text for (text, _), verdict in zip(frames, read, strict=False) if verdict == "ping"]
+    errors = pongs = 0
+    close: tuple[int, str] | None = None
+    try:
+        async with session.ws_connect(url, headers=headers) as ws:
+            hello = encode_message(Hello(client_id=client, agent="fuzz/1")).decode()
+            await send(ws, (True, hello))
+            what, welcome = await answer(ws)
+            assert what == "message" and isinstance(welcome, Welcome), (what, welcome)
+            for frame in frames:
+                tally.frames_sent += 1
+                if not await send(ws, frame):
+                    break
+            while close is None:
+                what, detail = await answer(ws)
+                if what == "message":
+                    if isinstance(detail, Error):
+                        errors += 1
+                        if detail.code != CloseCode.BAD_MESSAGE or not detail.reason:
+                            tally.unexpected.append(("version", "error 4009", detail))
+                    pongs += isinstance(detail, Pong)
+                elif what == "close":
+                    close = detail
+                elif what == "hang":
+                    tally.hangs.append(("version", n))
+                    break
+                else:
+                    tally.abnormal.append(("version", n, detail, [f[1][:60] for f in frames]))
+                    break
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        tally.abnormal.append(("version", n, repr(exc), [f[1][:60] for f in frames]))
+    if close is None:
+        return
+    judge_close(tally, "frames", str(int(CloseCode.BAD_MESSAGE)), *close)
+    tally.errors_expected += read.count("invalid") + 1
+    tally.errors_received += errors
+    if not sum(pings) <= pongs <= len(pings):
+        tally.unexpected.append(("version", f"{len(pings)} pongs", pongs))
+    tally.feedback_relayed += read.count("feedback")
+    tally.views_relayed += read.count("view")
 
 
 async def gathered(jobs: list[Any]) -> None:

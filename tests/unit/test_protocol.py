@@ -32,10 +32,13 @@ from schemas.protocol import (
     Push,
     Redirect,
     Resume,
+    UnsupportedVersion,
     Update,
     Welcome,
+    close_reason,
     decode_from_agent,
     decode_from_node,
+    decode_hello,
     decode_message,
     digest,
     encode_message,
@@ -148,7 +151,7 @@ def test_a_body_over_the_limit_is_refused() -> None:
     [
         (b'{"type": "teleport", "protocol_version": 1}', "'teleport' - at `$.type`"),
         (b'{"protocol_version": 1, "ts": 1}', "missing required field `type`"),
-        (frame(PUSH, protocol_version=2), "unsupported protocol_version, this side speaks 1"),
+        (frame(PUSH, protocol_version=2), "unsupported protocol_version 2, this side speaks 1"),
         (frame(Ping(ts=1), protocol_version=0), "unsupported protocol_version"),
         (b"[1, 2]", "Expected `object`, got `array`"),
         (b'{"type": "push"', "malformed JSON"),
@@ -227,7 +230,7 @@ def test_digest_is_lowercase_sha256_hex() -> None:
 
 def test_close_codes_are_standard_or_in_the_application_range() -> None:
     for code in CloseCode:
-        assert code in {1001, 1009, 1011, 1013} or 4000 <= code <= 4999
+        assert code in {1001, 1002, 1007, 1009, 1011, 1013} or 4000 <= code <= 4999
     assert int(CloseCode.TRY_AGAIN_LATER) == 1013
     assert int(CloseCode.GOING_AWAY) == 1001
 
@@ -238,3 +241,56 @@ def test_the_spec_documents_every_close_code_and_message() -> None:
     assert table == {str(int(code)) for code in CloseCode}
     for tag in TAGS:
         assert f"### {tag}" in spec
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["token expired", "é" * 200, "x" * 122 + "é", "line one\nline two", "日本語" * 50, ""],
+)
+def test_a_close_reason_fits_a_close_frame_as_valid_utf8(text: str) -> None:
+    reason = close_reason(text)
+    assert 0 < len(reason) <= 123
+    decoded = reason.decode("utf-8")  # a cut inside a character would not decode
+    assert "\n" not in decoded
+    assert text.replace("\n", " ").startswith(decoded) or not text
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        frame(Ping(ts=1), protocol_version=2),
+        b'{"type": "teleport", "protocol_version": 2}',
+        b'{"protocol_version": "1", "type": "ping", "ts": 1}',
+        b'{"type": "ping", "protocol_version": null}',
+    ],
+)
+def test_a_frame_of_another_protocol_version_is_refused_as_such(raw: bytes) -> None:
+    with pytest.raises(UnsupportedVersion, match="unsupported protocol_version"):
+        decode_from_agent(raw)
+
+
+def test_a_bad_frame_of_this_version_is_not_a_version_problem() -> None:
+    for raw in (b'{"type": "teleport"}', b'{"type": "ping", "protocol_version": 1}', b"[]"):
+        with pytest.raises(InvalidRecord) as info:
+            decode_from_agent(raw)
+        assert not isinstance(info.value, UnsupportedVersion)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (encode_message(Ping(ts=1)), "expected hello, got ping"),
+        (encode_message(MESSAGES[3]), "expected hello, got push"),
+        (b"{", "malformed JSON"),
+        (frame(MESSAGES[0], holdings=None), "$.holdings"),
+        (frame(MESSAGES[0], protocol_version=3), "unsupported protocol_version"),
+    ],
+)
+def test_a_first_frame_must_be_a_hello(raw: bytes, fragment: str) -> None:
+    with pytest.raises(InvalidRecord) as info:
+        decode_hello(raw)
+    assert fragment in info.value.reason
+
+
+def test_a_hello_is_read_as_the_first_frame() -> None:
+    assert decode_hello(encode_message(MESSAGES[1])) == MESSAGES[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from consumers.sessions import AgentSession, SessionRegistry
+from consumers.sessions import AgentSession, SessionRegistry, TokenBucket
 from schemas.protocol import CloseCode
 
 
@@ -66,3 +66,55 @@ async def test_a_newer_connection_supersedes_the_older_one() -> None:
     assert first.closed_with is not None and first.closed_with[0] == CloseCode.SUPERSEDED
     assert registry.get("c") is new and len(registry) == 1
     await registry.remove(new)
+
+
+async def test_a_last_frame_goes_out_before_the_close() -> None:
+    events: list[object] = []
+
+    async def send(frame: bytes) -> None:
+        events.append(frame)
+
+    async def close(code: int, reason: str) -> None:
+        events.append((code, reason))
+
+    session = AgentSession("c", send, close)
+    session.start()
+    session.offer(b"push")
+    session.shut(CloseCode.POLICY, "over the rate limit", last=b"error")
+    await session.wait_closed()
+    assert events[-2:] == [b"error", (CloseCode.POLICY, "over the rate limit")]
+    assert not session.offer(b"late")
+    await session.stop()
+
+
+async def test_a_close_that_hangs_is_given_up_after_the_send_timeout() -> None:
+    closing = asyncio.Event()
+
+    async def send(frame: bytes) -> None:
+        pass
+
+    async def close(code: int, reason: str) -> None:
+        closing.set()
+        await asyncio.Event().wait()  # an agent that never reads: the close frame waits
+
+    session = AgentSession("c", send, close, send_timeout_s=0.01)
+    session.start()
+    session.shut(CloseCode.TRY_AGAIN_LATER, "too slow")
+    await asyncio.wait_for(session.wait_closed(), 5.0)
+    assert closing.is_set()
+
+
+def test_the_bucket_passes_a_burst_then_the_sustained_rate() -> None:
+    bucket = TokenBucket(rate_per_s=4.0, burst=5, now=100.0)
+    assert [bucket.take(100.0) for _ in range(6)] == [True] * 5 + [False]
+    assert bucket.take(100.125) is False  # half a frame earned
+    assert bucket.take(100.25) is True  # one frame per 0.25 s
+    assert bucket.take(100.25) is False
+    assert [bucket.take(200.0) for _ in range(6)] == [True] * 5 + [False]  # never above burst
+
+
+def test_a_refused_frame_costs_nothing() -> None:
+    bucket = TokenBucket(rate_per_s=1.0, burst=1, now=0.0)
+    assert bucket.take(0.0)
+    assert not any(bucket.take(0.5) for _ in range(100))
+    assert bucket.take(1.0)
