@@ -487,11 +487,25 @@ async def _leave(app: web.Application) -> None:
     await app[NODE].leave()
 
 
+def _claims(request: web.Request, process: NodeProcess) -> tokens.TokenClaims:
+    """The claims of the request's token (header or ``?token=``), or a TokenError. A token
+    signed by an old secret is logged, so an operator rotating secrets sees who still uses it."""
+    token = tokens.token_from(request.headers.get("Authorization"), request.query.get("token"))
+    claims = tokens.verify(process.secrets, token, None, time.time())
+    if claims.key_index > 0:
+        log.info(
+            "token of client %s (id %s) is signed by old secret #%d",
+            claims.client_id,
+            claims.token_id,
+            claims.key_index,
+        )
+    return claims
+
+
 def _client_of(request: web.Request, process: NodeProcess) -> str:
     """The client a request's token proves, or an HTTP error."""
     try:
-        token = tokens.token_from(request.headers.get("Authorization"), request.query.get("token"))
-        return tokens.verify(process.secrets, token, None, time.time()).client_id
+        return _claims(request, process).client_id
     except tokens.WrongClient as exc:
         raise web.HTTPForbidden(reason=exc.reason) from None
     except tokens.TokenError as exc:
@@ -598,8 +612,7 @@ async def agent_socket(request: web.Request) -> web.StreamResponse:
 async def _handshake(process: NodeProcess, request: web.Request, ws: AgentWebSocket) -> None:
     """Token, hello, owner: each refusal closes with its code and a reason."""
     try:
-        token = tokens.token_from(request.headers.get("Authorization"), request.query.get("token"))
-        claims = tokens.verify(process.secrets, token, None, time.time())
+        claims = _claims(request, process)
     except tokens.TokenError as exc:
         await ws.close(code=exc.close_code, message=close_reason(exc.reason))
         return

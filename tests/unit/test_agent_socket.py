@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
@@ -374,3 +375,20 @@ async def test_an_unexpected_error_closes_1011_and_forgets_the_agent(
     assert msg.data == CloseCode.INTERNAL_ERROR and msg.extra
     assert node.process.sessions.get(CLIENT) is None
     assert "store exploded" in caplog.text
+
+
+# --- Secret rotation ------------------------------------------------------------------------------
+
+
+async def test_a_token_signed_by_an_old_secret_is_welcome_and_logged(
+    make_node: NodeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = await make_node()
+    # Rotated: a new current secret first, the one the agent's token was signed with second.
+    node.process.secrets = ["rotated-secret-0123456789abcdef-0123456789", SECRET]
+    with caplog.at_level(logging.INFO, logger="consumers.server"):
+        ws = await node.welcomed()
+        await ws.close()
+    assert any(
+        "old secret #1" in r.getMessage() and CLIENT in r.getMessage() for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
