@@ -8,6 +8,12 @@ the same code and get the same predictions.
 
 Every record carries the (partition, offset) it was last applied at: Kafka delivers at least
 once, and a replayed event is recognised and changes nothing.
+
+One client cannot poison the shared model (issue 12), however its events arrive (collector,
+a direct Kafka producer, many sockets): the guard judges each event before the predictor
+learns it, a flagged client's clicks no longer reach the shared signals, and the client's
+contribution budget travels in ``session`` (:class:`streams.predictor.ClientState`), so it
+survives a restart through the table's changelog.
 """
 
 from __future__ import annotations
@@ -142,19 +148,19 @@ class Engine:
         # Score first: was this click among the last predictions?
         scored = bool(record.last_prediction)
         hit = scored and event.content_id in record.last_prediction[: self.config.top_k]
-        # Then learn, then predict the next clicks.
-        self.predictor.set_client_state(client, record.session)
-        self.predictor.learn(client, event.content_id, event.ts)
-        predictions = self.predictor.predict(client, max(self.config.top_k, self.config.prefetch_k))
-        session = self.predictor.client_state(client) or ClientState()
-        self.predictor.forget(client)  # the table holds client state, not the predictor
-
+        # The guard's verdict next: a flagged client teaches the shared model nothing more.
         guard_state, blocked, alert = record.guard, False, None
         if self.guard is not None:
             guard_state, verdict = self.guard.step(record.guard, client, event.content_id, event.ts)
             blocked = verdict.flagged
             if verdict.newly_flagged:
                 alert = self.guard.alert(verdict)
+        # Then learn (the client's own session advances even when blocked), then predict.
+        self.predictor.set_client_state(client, record.session)
+        self.predictor.learn(client, event.content_id, event.ts, contribute=not blocked)
+        predictions = self.predictor.predict(client, max(self.config.top_k, self.config.prefetch_k))
+        session = self.predictor.client_state(client) or ClientState()
+        self.predictor.forget(client)  # the table holds client state, not the predictor
         ctx = event.context
         connection: Connection | None = ctx.connection if ctx is not None else None
         prefetched = {c: t for c, t in record.prefetched.items() if t > event.ts}

@@ -4,7 +4,16 @@ Pure logic: no Faust, no Kafka, no clock (times come from events), no randomness
 content id), so the same events in the same order give the same predictions.
 
 Per client: the current session, its last ``history`` clicks and the last click's time (a gap
-over ``session_gap_s`` starts a new one); :func:`dumps_client_state` makes it ~60 bytes.
+over ``session_gap_s`` starts a new one), and its contribution budget;
+:func:`dumps_client_state` makes it ~80 bytes.
+
+One client cannot poison what all share (issue 12): a click reaches the shared signals only
+while its client has budget left. A token bucket in the events' own time (``burst`` tokens,
+``refill_per_s`` a second) lets through everything a person does and a flood's first few
+clicks; a lifetime allowance that reads no timestamp (``lifetime_floor`` clicks, then
+``lifetime_share`` of the events the signals hold) bounds a client whose timestamps are forged
+to look like a person's. A click over budget, or one the caller says not to learn from (a
+client the abuse guard flagged), still advances the client's own session.
 
 Shared by all clients, :class:`GlobalSignals` learns from every event: sequential rules
 ``a -> b`` weighted ``1/distance`` within ``steps`` clicks (SR), first-order transitions, the
@@ -66,13 +75,59 @@ class ForesightConfig:
     learning_rate: float = 0.01
     rerank: bool = True  # False: rank by the fixed blend (the "without River" measurement)
     blend: tuple[float, float, float, float] = (0.5, 0.3, 0.3, 0.001)  # srs, back, recency, pop
+    # The contribution budget, measured on the four yoochoose-100k files (38,923 sessions,
+    # 153,639 clicks). The densest burst of any session is 7 clicks (within 1 s, and within
+    # 5 s alike); `foresight replay` plays sessions 10 times faster with gaps of at most 2 s
+    # (its defaults), which packs up to 9 clicks into a second and 14 into 4 s. With 8 tokens
+    # refilled 2 a second no session, recorded or so replayed, ever runs dry (the tightest
+    # keeps 0.16 of a token), so the eval and the replay learn what they learned before; a
+    # flood within one second teaches the shared signals 9 clicks (faster replays, such as
+    # the tests' --speed 50, are floods of a kind: some of their clicks go untaught).
+    burst: float = 8.0  # tokens: clicks a client may teach at once
+    refill_per_s: float = 2.0  # tokens a second of the events' own time gives back
+    # Timestamps come from the client: spaced like a person's, they refill the bucket at will.
+    # What no timestamp moves: a client teaches at most `lifetime_floor` clicks, 8 sessions at
+    # the 99.9th percentile of session length on train_full.tsv (32 clicks; the longest of
+    # the four files has 78), or `lifetime_share` of the events the signals hold if more.
+    lifetime_floor: int = 256
+    lifetime_share: float = 0.01
 
 
 class ClientState(msgspec.Struct, array_like=True):
-    """One client's current session: its recent clicks, oldest first, and the last one's time."""
+    """One client's current session: its recent clicks, oldest first, and the last one's time;
+    and its contribution budget, which outlives sessions: the tokens left (None: a full
+    bucket), the event time they were counted up to, and the clicks it ever taught the shared
+    signals. Fields are only ever appended, so records stored before one existed still load.
+    """
 
     items: list[str] = msgspec.field(default_factory=list)
     last_ts: float | None = None
+    tokens: float | None = None
+    refilled_at: float | None = None
+    contributed: int = 0
+
+
+def contribution_tokens(
+    state: ClientState, ts: float, config: ForesightConfig
+) -> tuple[float, float]:
+    """The client's tokens at event time ``ts``, and the time they are now counted up to.
+
+    Only time past the latest counted refills (up to ``burst``): a late, repeated or
+    backdated timestamp gives nothing back, so a flood cannot earn tokens by going back and
+    forth in time.
+
+    >>> config = ForesightConfig(burst=8.0, refill_per_s=2.0)
+    >>> contribution_tokens(ClientState(tokens=1.0, refilled_at=100.0), 101.5, config)
+    (4.0, 101.5)
+    >>> contribution_tokens(ClientState(tokens=1.0, refilled_at=100.0), 50.0, config)
+    (1.0, 100.0)
+    """
+    if state.tokens is None or state.refilled_at is None:
+        return config.burst, ts
+    if ts <= state.refilled_at:
+        return state.tokens, state.refilled_at
+    tokens = state.tokens + (ts - state.refilled_at) * config.refill_per_s
+    return min(config.burst, tokens), ts
 
 
 def dumps_client_state(state: ClientState) -> bytes:
@@ -334,17 +389,33 @@ class Foresight:
             out.append((item, ceiling))
         return out
 
-    def learn(self, client_id: str, content_id: str, ts: float) -> None:
-        """Score the ranking of the client's prefix against the click, learn it, then count it."""
+    def learn(self, client_id: str, content_id: str, ts: float, *, contribute: bool = True) -> None:
+        """Score the ranking of the client's prefix against the click, learn it, then count it.
+
+        The shared signals learn the click only with ``contribute`` and while the client has
+        budget left (see :class:`ForesightConfig`); its own session advances either way.
+        """
+        config = self.config
         state = self.clients.get(client_id) or ClientState()
-        if state.last_ts is not None and ts - state.last_ts > self.config.session_gap_s:
-            state = ClientState()  # a new session: the old one's clicks predict little
-        if state.items:
-            self._learn_ranking(self._ranked(client_id, state), content_id)
-        self.signals.observe(state.items, content_id, ts)
-        items = [*state.items, content_id][-self.config.history :]
-        self.clients[client_id] = ClientState(items, ts)
+        tokens, refilled_at = contribution_tokens(state, ts, config)
+        teach = contribute and tokens >= 1.0 and state.contributed < self.lifetime_allowance()
+        recent = state.items
+        if state.last_ts is not None and ts - state.last_ts > config.session_gap_s:
+            recent = []  # a new session: the old one's clicks predict little
+        if teach:
+            if recent:
+                self._learn_ranking(self._ranked(client_id, ClientState(recent)), content_id)
+            self.signals.observe(recent, content_id, ts)
+            tokens -= 1.0
+        items = [*recent, content_id][-config.history :]
+        contributed = state.contributed + int(teach)
+        self.clients[client_id] = ClientState(items, ts, tokens, refilled_at, contributed)
         self._last = None
+
+    def lifetime_allowance(self) -> float:
+        """The clicks any one client may teach the shared signals as they are now."""
+        config = self.config
+        return config.lifetime_floor + config.lifetime_share * self.signals.events
 
     def _ranked(self, client_id: str, state: ClientState) -> Scored:
         """Candidates ranked by the River re-ranker (or the blend), reusing the last ranking."""

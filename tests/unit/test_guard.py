@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import doctest
+import itertools
 import json
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -13,9 +16,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import streams.guard
 from producers.datasets import read_yoochoose
 from schemas import SecurityAlert, decode, encode
-from streams.guard import AbuseGuard, ClientState, GuardDecision, dumps, features, loads, scale
+from streams.evaluation import read_sessions
+from streams.guard import (
+    AbuseGuard,
+    ClientState,
+    GuardDecision,
+    crowd,
+    dumps,
+    features,
+    loads,
+    scale,
+)
 
 Event = tuple[float, str, str]  # ts, client_id, content_id
 
@@ -301,3 +315,59 @@ def test_the_benchmarks_scrapers_are_stopped_within_n_events(yoochoose_dir: Path
     assert figures["fast"]["max_n"] <= 10  # 8 when measured
     assert figures["slow"]["max_n"] <= 20  # 12 when measured
     assert figures["false_positives"] <= 2  # of 3,416 real sessions; 1 when measured
+
+
+FLOOD_STAMPS: dict[str, Callable[[int, float], float]] = {  # (i, t0) -> ts
+    "within a second": lambda i, t0: t0 + i / 5000,
+    "all at one instant": lambda i, t0: t0,
+    "running backwards": lambda i, t0: t0 - i / 5000,
+    "two instants an hour apart": lambda i, t0: t0 + 3600.0 * (i % 2),
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(FLOOD_STAMPS))
+def test_a_flood_is_flagged_once_whatever_its_timestamps_say(
+    pattern: str, train: list[Event]
+) -> None:
+    """5,000 views from one client, two known items in turn, by the events' own timestamps:
+    even a guard whose detector has learned nothing yet (a new worker's) flags it, once."""
+    guard = AbuseGuard()
+    stamp = FLOOD_STAMPS[pattern]
+    a, b = train[0][2], train[1][2]
+    t0 = train[-1][0]
+    decisions = [
+        guard.observe("integrator", a if i % 2 == 0 else b, stamp(i, t0)) for i in range(5000)
+    ]
+    flagged = [d for d in decisions if d.newly_flagged]
+    assert len(flagged) == 1
+    first = flagged[0].events
+    assert first <= guard.window
+    assert all(d.flagged for d in decisions[first - 1 :])
+    alert = guard.alert(flagged[0])
+    assert alert.detector == "flood" and alert.score == 1.0
+    assert "requests stamped within 0.5 s" in alert.reason
+    assert decode(SecurityAlert, encode(alert)) == alert
+
+
+def test_no_real_session_trips_the_flood_rule_even_replayed_fifty_times_faster(
+    yoochoose_dir: Path,
+) -> None:
+    """Every session of train_full and test, as recorded and as `foresight replay --speed 50`
+    plays it (gaps / 50, at most 2 s): the flood rule never fires on a person."""
+    guard = AbuseGuard()
+    most = 0
+    for name in ("train_full.tsv", "test.tsv"):
+        for _, session in read_sessions(yoochoose_dir / name):
+            recorded = [ts for ts, _ in session]
+            replayed = [0.0]
+            for before, after in itertools.pairwise(recorded):
+                replayed.append(replayed[-1] + min((after - before) / 50.0, 2.0))
+            for times in (recorded, replayed):
+                for n in range(1, len(times) + 1):
+                    window = ClientState(events=n, ts=tuple(times[max(0, n - guard.window) : n]))
+                    most = max(most, crowd(window, guard.flood_span_s))
+    assert most < guard.flood_events
+
+
+def test_the_docstring_examples_hold() -> None:
+    assert doctest.testmod(streams.guard).failed == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 import os
 import random
@@ -12,6 +13,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
+import streams.predictor
 from streams.baselines import Markov1, Popularity, SequentialRules
 from streams.predictor import (
     ClientState,
@@ -390,3 +392,7 @@ def test_a_session_kept_elsewhere_is_explained_like_the_predictor_would() -> Non
     model.forget("probe")
     assert model.explain_session(state, 5) == inside
     assert model.explain_session(ClientState(), 5) == model.explain("nobody", 5)
+
+
+def test_the_docstring_examples_hold() -> None:
+    assert doctest.testmod(streams.predictor).failed == 0
