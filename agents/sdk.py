@@ -90,6 +90,11 @@ FETCH_RETRY_S = 30.0
 #: How long connect() keeps trying the nodes it knows before it gives up.
 CONNECT_RETRY_S = 30.0
 _AUTH_CODES = frozenset({CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.TOKEN_EXPIRED})
+#: Closes after which the agent waits its longest backoff before coming back (a flood or a
+#: frame the node could not read: coming back at once would only repeat it).
+_LONG_BACKOFF_CODES = frozenset({CloseCode.POLICY, CloseCode.BAD_MESSAGE})
+#: Failures counted for those: the exponential backoff is at its ceiling from the first retry.
+_AT_CEILING = 64
 _DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
 _Socket = aiohttp.ClientWebSocketResponse[bool]
 
@@ -497,6 +502,9 @@ class Agent:
                     return
                 if redirect is not None or code == CloseCode.MOVED:
                     resume, failures = self._follow(redirect), 0
+                elif code in _LONG_BACKOFF_CODES:
+                    log.warning("node %s closed %s; backing off for long", self._node_id, code)
+                    resume, failures = self._resume(redirected=False), _AT_CEILING
                 else:
                     log.info("lost node %s (close %s); reconnecting", self._node_id, code)
                     resume, failures = self._resume(redirected=False), 1

@@ -775,3 +775,18 @@ async def test_a_private_agent_sends_no_ids(net: Network) -> None:
     await agent.get("a")
     await agent.close()
     assert node.request_ids == [None]
+
+
+@pytest.mark.parametrize("code", [CloseCode.POLICY, CloseCode.BAD_MESSAGE])
+async def test_after_a_policy_or_bad_message_close_the_agent_backs_off_for_long(
+    net: Network, code: CloseCode
+) -> None:
+    node = await net.node("node-a")
+    # Backoff from 1 ms to 0.6 s, jittered to half or more: at most 1 ms after a 1013, at
+    # least 0.3 s after these.
+    agent = await net.connected(node, reconnect_min_s=0.001, reconnect_max_s=0.6)
+    await node.close_session(code)
+    await asyncio.sleep(0.2)
+    assert len(node.hellos) == 1, "the agent came straight back"
+    await node.next_session()  # it does come back, after the long backoff
+    assert len(node.hellos) == 2 and agent.stats.reconnects == 1
