@@ -207,6 +207,7 @@ def create_app(settings: Settings) -> faust.App:
                 runtime.ring.ring(),
                 message.partition,
                 message.offset,
+                received_at=message.timestamp,
             )
         except Exception as exc:  # a bug must not lose the event: dead-letter it
             log.exception("engine failed on %s", interaction.event_id)

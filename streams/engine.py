@@ -32,6 +32,9 @@ from streams.planner import Connection, PlannerConfig, PlannerState, apply_feedb
 from streams.predictor import ClientState, Foresight
 
 MODEL_NAME = "foresight-v1"
+#: How far ahead of its arrival in Kafka an event's own timestamp may be: clocks differ by
+#: seconds, not more (the agents' tokens allow the same 60 s of skew).
+FUTURE_SKEW_S = 60.0
 
 
 #: Event ids a client record remembers to drop copies by (an agent resends a view whose ack
@@ -138,12 +141,19 @@ class Engine:
         ring: HashRing,
         partition: int,
         offset: int,
+        received_at: float | None = None,
     ) -> Step:
+        """One interaction. ``received_at`` is when Kafka got it (the record's timestamp): an
+        event stamped more than FUTURE_SKEW_S after that is taken as of ``received_at``, since
+        a client's clock must not steer the shared model (one view stamped a month ahead
+        would make every other item's popularity negligible)."""
         record = record or ClientRecord()
         if record.partition == partition and offset <= record.offset:
             return Step(record, [], [], duplicate=True)
         if event.event_id in record.recent_events:
             return Step(record, [], [], duplicate=True)
+        if received_at is not None and event.ts > received_at + FUTURE_SKEW_S:
+            event = msgspec.structs.replace(event, ts=received_at)
         client = event.client_id
         # Score first: was this click among the last predictions?
         scored = bool(record.last_prediction)

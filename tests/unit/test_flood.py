@@ -379,3 +379,27 @@ def test_no_real_session_ever_runs_out_of_budget(name: str, yoochoose_dir: Path)
                 tokens, refilled_at = contribution_tokens(state, ts, config)
                 assert tokens >= 1.0
                 state = ClientState(tokens=tokens - 1.0, refilled_at=refilled_at)
+
+
+def test_a_view_stamped_a_month_ahead_does_not_take_over_popularity(
+    warm: bytes, clicks: list[Interaction]
+) -> None:
+    engine = load(warm)
+    now = start(clicks)
+    forged = Interaction(
+        event_id="forged-1",
+        client_id="forger",
+        content_id="forged-item",
+        kind="view",
+        ts=now + 30 * 86400.0,
+    )
+    engine.on_interaction(forged, None, RING, 0, 2_000_000, received_at=now)
+    records: dict[str, ClientRecord] = {}
+    for offset, event in enumerate(clicks[WARM : WARM + 2000]):
+        step = engine.on_interaction(
+            event, records.get(event.client_id), RING, 0, WARM + offset, received_at=event.ts
+        )
+        records[event.client_id] = step.record
+    # A newcomer is offered the popular items: the forged one is one view among thousands.
+    offered = [item for item, _ in engine.predictor.predict("newcomer", 5)]
+    assert "forged-item" not in offered, offered
