@@ -19,14 +19,14 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.fetcher import Fetcher, FetchFailed, FetchRefused
+from consumers.fetcher import Fetcher, FetchFailed, FetchRefused, NotAtOrigin
 from consumers.metrics import CLICK_TO_PUSH_SECONDS, FETCH_SECONDS, PUSHES
 from consumers.sessions import AgentSession, SessionRegistry
 from consumers.store import ContentStore, StoredVersion
 from foresight.cassandra import CASSANDRA_DOWN
 from foresight.push_rule import worth_its_bytes
 from schemas import ContentUpdate, PrefetchCommand
-from schemas.protocol import Push, Update, encode_message
+from schemas.protocol import Invalidate, Push, Update, encode_message
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class NodeCounters:
     not_worth_bytes: int = 0
     pending: int = 0
     updates: int = 0
+    invalidations: int = 0
     store_failures: int = 0
 
 
@@ -162,6 +163,18 @@ class CacheNode:
     def _stale(self, content_id: str, version: int) -> bool:
         return version < self._announced.get(content_id, -1)
 
+    def _origin_serves(self, content_id: str, version: int) -> None:
+        """The origin, the truth, serves ``version`` now: if an update named a newer one it
+        does not serve (yet), take what it serves rather than fetch again on every request."""
+        if self._stale(content_id, version):
+            log.warning(
+                "content-updates named version %d of %s; the origin serves %d",
+                self._announced[content_id],
+                content_id,
+                version,
+            )
+            self._announced[content_id] = version
+
     def newest_known(self, content_id: str) -> int | None:
         """The newest version of an item this node knows of without asking anyone."""
         known = max(self._latest.get(content_id, -1), self._announced.get(content_id, -1))
@@ -201,6 +214,7 @@ class CacheNode:
         if fetched.status == 304 and latest is not None:
             stored = await self.store.version(content_id, latest.version)
             if stored is not None:
+                self._origin_serves(content_id, stored.version)
                 self.bodies.put(stored)
                 return stored
             fetched = await self.fetcher.fetch(content_id, prefetch=prefetch)
@@ -208,6 +222,7 @@ class CacheNode:
         if version is None:  # an origin without versions: count ETag changes
             same = latest is not None and latest.etag == fetched.etag
             version = latest.version if same and latest else (latest.version + 1 if latest else 1)
+        self._origin_serves(content_id, version)
         item = StoredVersion(
             content_id,
             version,
@@ -437,6 +452,9 @@ class CacheNode:
                 holders[session.client_id] = held
         try:
             item = await self.ensure(content_id)
+        except NotAtOrigin as exc:
+            log.info("%s is gone from the origin (%s): invalidating its copies", content_id, exc)
+            return await self._invalidate(content_id, holders, owns)
         except (FetchRefused, FetchFailed) as exc:
             log.warning("update of %s not fetched: %s", content_id, exc)
             return 0
@@ -446,6 +464,25 @@ class CacheNode:
                 outcome = await self.deliver(client_id, item, previous_version=held)
                 sent += outcome == "pushed"
         self.counters.updates += sent
+        return sent
+
+    async def _invalidate(
+        self, content_id: str, holders: dict[str, int], owns: set[str] | None
+    ) -> int:
+        """The origin no longer has the item: every holder of this node drops its copy."""
+        sent = 0
+        frame = encode_message(Invalidate(content_id=content_id, reason="gone from the origin"))
+        for client_id in holders:
+            if owns is not None and client_id not in owns:
+                continue
+            session = self.sessions.get(client_id)
+            if session is not None and session.offer(frame):
+                session.holdings.pop(content_id, None)
+                sent += 1
+            await self._background(
+                self.store.drop_holding(client_id, content_id), f"drop_holding {content_id}"
+            )
+        self.counters.invalidations += sent
         return sent
 
     async def refresh_holdings(self, session: AgentSession) -> int:

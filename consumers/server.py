@@ -104,6 +104,8 @@ REQUESTS_FIRST_S = 0.05
 #: Close codes of an agent saying goodbye (closed by its app, or its page going away).
 GOODBYE_CODES = (WSCloseCode.OK, WSCloseCode.GOING_AWAY)
 HEARTBEAT_S = 3.0
+#: How long a leaving node waits to see its own leaving record before redirecting its agents.
+LEAVE_SEEN_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -402,7 +404,10 @@ class NodeProcess:
                     try:
                         update = decode(ContentUpdate, msg.value() or b"")
                     except InvalidRecord as exc:
-                        self.dead_letter(topic, msg, exc.reason)
+                        # Every node reads every update; the key's owner alone writes the letter.
+                        key = (msg.key() or b"").decode(errors="replace")
+                        if self.owner(key) is None:
+                            self.dead_letter(topic, msg, exc.reason)
                         continue
                     await self.node.on_update(update, owns=self.owned_clients())
         finally:
@@ -423,6 +428,7 @@ class NodeProcess:
         self.leaving = True
         self.announce("leaving")
         await asyncio.to_thread(self.producer.flush, 10)
+        await self._seen_leaving()
         for session in self.sessions.all():
             owner = self.owner(session.client_id)
             if owner is None:  # no other node: the agent comes back when one is up
@@ -430,6 +436,18 @@ class NodeProcess:
                 continue
             redirect = Redirect(url=ws_url(owner.url), node_id=owner.node_id, reason="node leaving")
             session.shut(CloseCode.MOVED, "node leaving", last=encode_message(redirect))
+
+    async def _seen_leaving(self) -> None:
+        """Wait (at most LEAVE_SEEN_S) until this node's own ring reader has read its leaving
+        record: the other nodes read the same topic as fast, so an agent redirected now is
+        not sent straight back by a new owner that still counts this node in."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEAVE_SEEN_S
+        # The ring reader is a thread that announces nothing: poll its ring.
+        while loop.time() < deadline and any(  # noqa: ASYNC110
+            m.node_id == self.config.node_id for m in self.ring.ring().members
+        ):
+            await asyncio.sleep(0.05)
 
 
 NODE = web.AppKey("node", NodeProcess)

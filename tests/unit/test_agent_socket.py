@@ -88,9 +88,17 @@ class FakeContentNode:
 class FakeRing:
     def __init__(self, *members: Member) -> None:
         self.members = list(members)
+        self.polls = 0
+        self._gone: dict[str, int] = {}  # node id -> polls after which it is no longer listed
+
+    def forget(self, node_id: str, after: int) -> None:
+        """List ``node_id`` for ``after`` more polls (its leaving record is on its way)."""
+        self._gone[node_id] = self.polls + after
 
     def ring(self) -> HashRing:
-        return HashRing(self.members)
+        self.polls += 1
+        listed = [m for m in self.members if self.polls <= self._gone.get(m.node_id, self.polls)]
+        return HashRing(listed)
 
 
 class Node:
@@ -304,7 +312,12 @@ async def test_a_leaving_node_redirects_its_agents_to_the_new_owner_by_its_node_
     node = await make_node(NODE_A, NODE_B)
     client = client_owned_by(HashRing([NODE_A, NODE_B]), "node-0")
     ws = await node.welcomed(client)
+    ring = cast(FakeRing, node.process.ring)
+    ring.forget("node-0", after=3)
     await node.process.leave()
+    # It waited for its own ring to drop it, as the other nodes' rings then do too, so that
+    # the new owner does not send the agent straight back.
+    assert ring.polls > 3
     redirect = await message(ws)
     assert isinstance(redirect, Redirect)
     assert (redirect.node_id, redirect.url) == ("node-1", ws_url(NODE_B_URL))
@@ -315,6 +328,7 @@ async def test_a_leaving_node_redirects_its_agents_to_the_new_owner_by_its_node_
 async def test_a_leaving_node_with_no_other_node_closes_1001(make_node: NodeFactory) -> None:
     node = await make_node(NODE_A)
     ws = await node.welcomed()
+    cast(FakeRing, node.process.ring).forget("node-0", after=0)
     await node.process.leave()
     code, reason = await closed(ws)
     assert code == CloseCode.GOING_AWAY and reason

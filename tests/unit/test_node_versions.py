@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import cast
 
-from consumers.fetcher import Fetched, Fetcher
+from consumers.fetcher import Fetched, Fetcher, NotAtOrigin
 from consumers.node import CacheNode
 from consumers.sessions import AgentSession, SessionRegistry
 from consumers.store import ContentStore, StoredVersion
 from schemas import ContentUpdate
-from schemas.protocol import Push, Update, decode_from_node
+from schemas.protocol import Invalidate, Push, Update, decode_from_node
 
 
 class VersionStore:
@@ -39,6 +39,9 @@ class VersionStore:
         for client_id, item in held:
             await self.record_holding(client_id, item)
 
+    async def drop_holding(self, client_id: str, content_id: str) -> None:
+        self.holdings.get(client_id, {}).pop(content_id, None)
+
     async def holders(self, content_id: str) -> dict[str, int]:
         return {c: held[content_id] for c, held in self.holdings.items() if content_id in held}
 
@@ -57,6 +60,7 @@ class VersionedOrigin:
 
     def __init__(self) -> None:
         self.current: dict[str, int] = {}
+        self.gone: set[str] = set()
         self.fetched: list[tuple[str, int]] = []
 
     def bump(self, content_id: str) -> ContentUpdate:
@@ -66,6 +70,8 @@ class VersionedOrigin:
     async def fetch(
         self, content_id: str, *, etag: str | None = None, prefetch: bool = True
     ) -> Fetched:
+        if content_id in self.gone:
+            raise NotAtOrigin(f"{content_id}: origin answered 404")
         version = self.current.setdefault(content_id, 1)
         self.fetched.append((content_id, version))
         body = f"{content_id} v{version}".encode()
@@ -169,3 +175,26 @@ async def test_a_prefetch_after_an_update_pushes_the_new_version() -> None:
     await settle(node)
     pushes = [m for m in received if isinstance(m, Push)]
     assert [(p.content_id, p.version) for p in pushes] == [("page", 2)]
+
+
+async def test_content_gone_from_the_origin_is_invalidated_at_its_holders() -> None:
+    store, origin = VersionStore(), VersionedOrigin()
+    node = make_node(store, origin)
+    received = await connect(node, "client-1", {"page": 1})
+    origin.gone.add("page")
+    assert await node.on_update(ContentUpdate(content_id="page", version=2, ts=1.0)) == 1
+    session = node.sessions.get("client-1")
+    assert session is not None and "page" not in session.holdings
+    await settle(node)
+    assert [m.content_id for m in received if isinstance(m, Invalidate)] == ["page"]
+
+
+async def test_an_update_naming_a_version_the_origin_does_not_serve_costs_one_fetch() -> None:
+    store, origin = VersionStore(), VersionedOrigin()
+    node = make_node(store, origin)
+    await node.ensure("page", prefetch=False)
+    await node.on_update(ContentUpdate(content_id="page", version=3, ts=1.0))  # origin: 1
+    fetches = len(origin.fetched)
+    for _ in range(3):  # the origin's version is served, not fetched again each time
+        assert (await node.ensure("page", prefetch=False)).version == 1
+    assert len(origin.fetched) == fetches
