@@ -15,9 +15,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from consumers.fetcher import Fetcher, FetchFailed, FetchRefused, NotAtOrigin
 from consumers.metrics import CLICK_TO_PUSH_SECONDS, FETCH_SECONDS, PUSHES
@@ -29,6 +29,7 @@ from schemas import ContentUpdate, PrefetchCommand
 from schemas.protocol import Invalidate, Push, Update, encode_message
 
 log = logging.getLogger(__name__)
+_V = TypeVar("_V")
 
 #: Cassandra writes a node lets run without waiting for them (see CacheNode._background).
 MAX_BACKGROUND_WRITES = 2000
@@ -39,6 +40,8 @@ MAX_BACKGROUND_WRITES = 2000
 HOLDINGS_PER_WRITE = 5
 #: How long a holding waits for others to share its write.
 HOLDINGS_WAIT_S = 0.05
+#: What CacheNode.shed answers for a command not worth any work any more (metric outcomes).
+SHED_OUTCOMES = ("superseded", "late")
 #: Hello holdings unknown to the node whose latest version is read from Cassandra on connect:
 #: a hello lists up to 10,000, most recently used first; these are the ones likely used again.
 HOLDINGS_LOOKED_UP = 256
@@ -59,6 +62,8 @@ class NodeCounters:
     pending: int = 0
     updates: int = 0
     invalidations: int = 0
+    superseded: int = 0
+    late: int = 0
     store_failures: int = 0
 
 
@@ -101,6 +106,7 @@ class CacheNode:
         push_bytes_per_odds: float | None = None,
         body_cache_bytes: int = 64 * 1024 * 1024,
         latest_known: int = 100_000,
+        shed_after_s: float | None = None,
     ) -> None:
         self.node_id = node_id
         # K of the push rule (foresight.push_rule); None: every commanded item is pushed.
@@ -112,6 +118,10 @@ class CacheNode:
         self.counters = NodeCounters()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._seen_max = seen_commands
+        # Each client's newest click among the commands read (bounded like the command ids).
+        self._newest_click: OrderedDict[str, float] = OrderedDict()
+        # Commands of a click older than this are shed (None: never for their age).
+        self.shed_after_s = shed_after_s
         # One lock per item being loaded, with the count of its users: dropped when the last
         # one is done, so the map holds only items in flight, not every item ever asked for.
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
@@ -296,6 +306,37 @@ class CacheNode:
         if len(self._seen) > self._seen_max:
             self._seen.popitem(last=False)
         return True
+
+    def note_clicks(self, commands: Iterable[PrefetchCommand]) -> None:
+        """Commands just read from Kafka: remember each client's newest click, so that the
+        commands of its older clicks still waiting are known to be superseded."""
+        for command in commands:
+            if command.event_ts is not None:
+                newest = self._newest_click.get(command.client_id)
+                if newest is None or command.event_ts > newest:
+                    _bounded_put(
+                        self._newest_click, command.client_id, command.event_ts, self._seen_max
+                    )
+
+    def shed(self, command: PrefetchCommand, now: float) -> str | None:
+        """Why a command is not worth any work any more, or None. Under load the commands
+        queue up; these are shed first (counted, never silently), so the node spends itself on
+        what can still help and a person's request never waits behind prefetch work for a
+        prediction that is already wrong:
+
+        - ``superseded``: its client clicked again since (a newer click's commands were read):
+          the prediction was about what follows a click that is no longer the last one;
+        - ``late``: its click is older than ``shed_after_s`` (the next click has likely come).
+        """
+        if command.event_ts is None:
+            return None
+        if command.event_ts < self._newest_click.get(command.client_id, command.event_ts):
+            self.counters.superseded += 1
+            return "superseded"
+        if self.shed_after_s is not None and now - command.event_ts > self.shed_after_s:
+            self.counters.late += 1
+            return "late"
+        return None
 
     async def on_command(self, command: PrefetchCommand, now: float) -> str:
         """Carry out one prefetch command; returns what happened, for counting and logs."""
@@ -523,7 +564,7 @@ class CacheNode:
         return sent
 
 
-def _bounded_put(entries: OrderedDict[str, int], key: str, value: int, most: int) -> None:
+def _bounded_put(entries: OrderedDict[str, _V], key: str, value: _V, most: int) -> None:
     """Set ``key`` as the most recent entry, dropping the least recent beyond ``most``."""
     entries[key] = value
     entries.move_to_end(key)

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -122,6 +123,33 @@ class NodeConfig:
 
 def ws_url(http_url: str) -> str:
     return http_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + WS_PATH
+
+
+#: Commands read from Kafka at once at most: what librdkafka has already fetched, taken in one
+#: call instead of one call (and one thread hop) each.
+COMMAND_BATCH = 500
+#: How long one poll for the next command waits (the loop checks for a stop in between).
+COMMAND_POLL_S = 0.1
+
+
+def _next_batch(consumer: Consumer) -> list[Message]:
+    """The next commands: wait for the first (returning at once when it comes: a batch call
+    would wait out its timeout for a full batch), then take what else is already fetched."""
+    first = consumer.poll(COMMAND_POLL_S)
+    if first is None:
+        return []
+    return [first, *consumer.consume(COMMAND_BATCH - 1, 0)]
+
+
+def _store_done(
+    consumer: Consumer, started: deque[tuple[Message, asyncio.Task[None] | None]]
+) -> None:
+    """Store the offsets of the commands done, in order, up to the oldest one still running:
+    a restart then redoes only what may not have been done (commands are idempotent)."""
+    while started and (started[0][1] is None or started[0][1].done()):
+        msg, _ = started.popleft()
+        if msg.error() is None:
+            consumer.store_offsets(msg)
 
 
 def _delivery_report(err: KafkaError | None, msg: Message) -> None:
@@ -344,6 +372,10 @@ class NodeProcess:
 
     # --- background loops -----------------------------------------------------------------
     async def consume_commands(self) -> None:
+        """The prefetch commands of this node's slot, as they come: each starts as soon as one
+        of PREFETCH_CONCURRENCY lanes is free, without waiting for the rest of its batch, and
+        one superseded by a newer click of its client, or too old to help, is shed without
+        work. Offsets are stored in order, up to the oldest command not yet done."""
         topic = self.settings.topic_prefetch_commands
         consumer = Consumer(
             {
@@ -356,33 +388,54 @@ class NodeProcess:
         )
         consumer.assign([TopicPartition(topic, self.config.slot)])
         lane = asyncio.Semaphore(PREFETCH_CONCURRENCY)
+        started: deque[tuple[Message, asyncio.Task[None] | None]] = deque()
         try:
             while not self._stop.is_set():
-                # consume() waits for the whole batch or the timeout: keep the timeout short, it
-                # is part of every command's latency.
-                batch = await asyncio.to_thread(consumer.consume, 500, 0.01)
-                # A batch's commands run concurrently (each waits on Cassandra and maybe the
-                # origin), PREFETCH_CONCURRENCY at a time; offsets are stored only once all of
-                # them are done.
-                await asyncio.gather(*(self._command(topic, msg, lane) for msg in batch))
-                for msg in batch:
-                    if msg.error() is None:
-                        consumer.store_offsets(msg)
+                _store_done(consumer, started)
+                batch = await asyncio.to_thread(_next_batch, consumer)
+                commands = [self._decoded(topic, msg) for msg in batch]
+                self.node.note_clicks(c for c in commands if c is not None)
+                for msg, command in zip(batch, commands, strict=True):
+                    task = None
+                    if command is not None and not self._shed(command):
+                        await lane.acquire()
+                        task = asyncio.create_task(self._command(command, lane))
+                    started.append((msg, task))
+                    _store_done(consumer, started)
+            await asyncio.gather(*(task for _, task in started if task), return_exceptions=True)
+            _store_done(consumer, started)
         finally:
             await asyncio.to_thread(consumer.close)
 
-    async def _command(self, topic: str, msg: Any, lane: asyncio.Semaphore) -> None:
+    def _decoded(self, topic: str, msg: Message) -> PrefetchCommand | None:
+        """The command a record holds; None for a Kafka error or an invalid record (which is
+        dead-lettered and counted)."""
         if msg.error() is not None:
-            return
+            return None
         try:
-            command = decode(PrefetchCommand, msg.value() or b"")
+            return decode(PrefetchCommand, msg.value() or b"")
         except InvalidRecord as exc:
             self.dead_letter(topic, msg, exc.reason)
             COMMANDS.labels("invalid").inc()
-            return
-        async with lane:
+            return None
+
+    def _shed(self, command: PrefetchCommand) -> bool:
+        """Whether the command is shed before it takes a lane (see CacheNode.shed)."""
+        outcome = self.node.shed(command, time.time())
+        if outcome is None:
+            return False
+        COMMANDS.labels(outcome).inc()
+        return True
+
+    async def _command(self, command: PrefetchCommand, lane: asyncio.Semaphore) -> None:
+        try:
             await self.requests_first()
             outcome = await self.node.on_command(command, time.time())
+        except Exception:  # one command's failure must not stop the node's prefetching
+            log.exception("prefetch command %s failed", command.command_id)
+            outcome = "error"
+        finally:
+            lane.release()
         COMMANDS.labels(outcome).inc()
 
     async def consume_updates(self) -> None:
@@ -479,6 +532,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         process.sessions,
         push_bytes_per_odds=settings.push_bytes_per_odds,
         body_cache_bytes=settings.node_body_cache_mb * 2**20,
+        shed_after_s=settings.prefetch_shed_after_s,
     )
     process.ring.start()
     process.announce("up")

@@ -312,6 +312,13 @@ class Settings(BaseSettings):
         "is pushed only if p / (1 - p) >= s / K; empty or none means no rule "
         "(FORESIGHT_PUSH_BYTES_PER_ODDS).",
     )
+    prefetch_shed_after_s: float | None = Field(
+        2.0,
+        gt=0,
+        description="A cache node sheds (counts, does not carry out) a prefetch command whose "
+        "click is older than this when its turn comes: under load the next click has likely "
+        "come; empty: never for its age (FORESIGHT_PREFETCH_SHED_AFTER_S).",
+    )
     prefetch_ttl_s: float = Field(
         600.0,
         gt=0,
@@ -381,7 +388,7 @@ class Settings(BaseSettings):
                 ) from None
         return value
 
-    @field_validator("push_bytes_per_odds", mode="before")
+    @field_validator("push_bytes_per_odds", "prefetch_shed_after_s", mode="before")
     @classmethod
     def _none_spelled_out(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() in ("", "none"):

@@ -45,6 +45,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from agents.sdk import Agent, AgentError
+from consumers.node import SHED_OUTCOMES
 from foresight import tokens
 from foresight.migrate import drop_keyspaces, migrate
 from foresight.replay.chaos import (
@@ -525,6 +526,11 @@ class Replay:
                 "clients": float(self.tally.clients_by_node.get(node, 0)),
                 "commands": metric_sum(values, "foresight_node_commands_total"),
                 "pushes": metric_sum(values, "foresight_node_pushes_total"),
+                # Prefetch work shed under load (consumers.node.CacheNode.shed).
+                **{
+                    f"shed_{why}": metric_sum(values, "foresight_node_commands_total", outcome=why)
+                    for why in SHED_OUTCOMES
+                },
             }
         return load
 
@@ -664,6 +670,11 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
             # worker drops them by event id).
             "redelivered_events": redelivered,
             "chaos": run.chaos.as_json() if run.chaos is not None else [],
+            # Prefetch commands the nodes shed under load, by why (summed over the nodes).
+            "shed_commands": {
+                why: sum(node.get(f"shed_{why}", 0.0) for node in load.values())
+                for why in SHED_OUTCOMES
+            },
         },
     )
     nexts = request_indices(run.tally.requests)
