@@ -259,18 +259,20 @@ class Settings(BaseSettings):
         "(FORESIGHT_WORKER_FETCH_MAX_WAIT_MS).",
     )
     worker_fetch_min_bytes: int = Field(
-        4096,
+        1,
         ge=1,
         le=1_048_576,
         description="Bytes the worker's Kafka fetch waits for (at most worker_fetch_max_wait_ms) "
-        "before returning: fewer, fuller fetches under load (FORESIGHT_WORKER_FETCH_MIN_BYTES).",
+        "before returning; 1: a click is fetched as soon as it lands "
+        "(FORESIGHT_WORKER_FETCH_MIN_BYTES).",
     )
     worker_linger_ms: float = Field(
-        10.0,
+        1.0,
         ge=0,
         le=1000,
-        description="How long the worker's producer waits to fill a produce request with a "
-        "click's commands and changelog records (FORESIGHT_WORKER_LINGER_MS).",
+        description="How long the worker's librdkafka producer waits to fill a produce request "
+        "with a click's commands and changelog record; part of every click-to-push "
+        "(FORESIGHT_WORKER_LINGER_MS).",
     )
     worker_group: str = Field(
         "foresight-worker",

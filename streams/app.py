@@ -28,12 +28,16 @@ from streams import metrics
 from streams.engine import ClientRecord, dumps_record, engine_for, loads_record
 from streams.guard import dumps as guard_dumps
 from streams.guard import loads as guard_loads
+from streams.output import ChangelogTable, Output
 from streams.planner import refill, threshold
 from streams.predictor import dumps_global_state, loads_global_state
 from streams.snapshots import SnapshotStore
 from streams.transport import App
 
 log = logging.getLogger(__name__)
+
+#: How often the worker serves librdkafka's delivery reports (they only count and log).
+OUTPUT_POLL_S = 0.1
 
 
 class Runtime:
@@ -144,19 +148,25 @@ def create_app(settings: Settings) -> faust.App:
 
     interactions = raw_topic(settings.topic_interactions)
     feedback = raw_topic(settings.topic_feedback)
-    prefetch = raw_topic(settings.topic_prefetch_commands)
-    alerts = raw_topic(settings.topic_security_alerts)
+    prefetch_topic = settings.topic_prefetch_commands
+    alerts_topic = settings.topic_security_alerts
     dead_letters = {
         topic: raw_topic(settings.dead_letter_topic(topic))
         for topic in (settings.topic_interactions, settings.topic_feedback)
     }
-    clients = app.Table(
-        "client_state",
+    output = Output(settings)
+    # app.Table(...) with our table class (Faust's app.Table builds conf.Table, app-wide).
+    clients = ChangelogTable(
+        app,
+        name="client_state",
         default=None,
         key_type=bytes,  # bytes in, bytes out: the "raw" codec, msgpack inside
         value_type=bytes,
         partitions=settings.interactions_partitions,
+        beacon=app.tables.beacon,
     )
+    app.tables.add(clients)
+    clients.output = output
 
     def record_of(key: bytes) -> ClientRecord | None:
         raw = clients.get(key)
@@ -221,10 +231,10 @@ def create_app(settings: Settings) -> faust.App:
             return
         clients[key] = dumps_record(step.record)
         for slot, command in step.commands:
-            await prefetch.send(key=key, value=encode(command), partition=slot)
+            output.send(prefetch_topic, key, encode(command), slot)
             metrics.COMMANDS_OUT.labels(str(slot)).inc()
         if step.alert is not None:
-            await alerts.send(key=key, value=encode(step.alert))
+            output.send(alerts_topic, key, encode(step.alert))
             metrics.ALERTS.inc()
         if step.blocked:
             metrics.BLOCKED.inc()
@@ -278,8 +288,15 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_before_shutdown.connect
     async def final_snapshot(app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         # The consumer has stopped: nothing changes the signals any more.
+        left = await asyncio.to_thread(output.flush, 10.0)
+        if left:
+            log.error("%d records (changelog, commands) not delivered at shutdown", left)
         await snapshot_now()
         runtime.close()
+
+    @app.timer(interval=OUTPUT_POLL_S)
+    async def serve_deliveries() -> None:
+        metrics.OUTPUT_QUEUE.set(output.poll())
 
     @app.timer(interval=1.0)
     async def refresh_gauges() -> None:

@@ -52,3 +52,12 @@ SNAPSHOT_FAILURES = Counter(
     "foresight_worker_snapshot_failures_total",
     "Periodic snapshots of the global signals that Cassandra did not take (retried next time)",
 )
+DELIVERIES = Counter(
+    "foresight_worker_kafka_deliveries_total",
+    "Records the worker produced through librdkafka (changelog, commands, alerts), by whether "
+    "Kafka took them",
+    ["outcome"],
+)
+OUTPUT_QUEUE = Gauge(
+    "foresight_worker_kafka_queue", "Records produced through librdkafka and not yet delivered"
+)
