@@ -184,13 +184,13 @@ class Engine:
             config=self.config.planner,
         )
         commands: list[tuple[int, PrefetchCommand]] = []
-        unrouted = 0
-        for decision in planned.decisions:
+        unrouted, slot, decisions = 0, 0, planned.decisions
+        if decisions:  # all of an event's commands go to its client's owner: one look-up
             try:
                 slot = ring.owner(client).slot
             except EmptyRingError:
-                unrouted += 1
-                continue
+                unrouted, decisions = len(decisions), ()
+        for decision in decisions:
             expires = event.ts + self.config.command_ttl_s
             commands.append(
                 (

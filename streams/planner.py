@@ -111,11 +111,13 @@ def refill(state: PlannerState, now: float, config: PlannerConfig) -> PlannerSta
     if budget is None:
         return state
     capacity = float(budget)
+    # PlannerState(...) rather than dataclasses.replace: this runs on every event, and
+    # replace() inspects the fields each time (nearly three times the cost).
     if state.tokens is None or state.counted_at is None:
-        return replace(state, tokens=capacity, counted_at=now)
+        return PlannerState(capacity, now, state.offset)
     elapsed = max(0.0, now - state.counted_at)
     tokens = min(capacity, state.tokens + elapsed * budget / 60.0)
-    return replace(state, tokens=tokens, counted_at=max(state.counted_at, now))
+    return PlannerState(tokens, max(state.counted_at, now), state.offset)
 
 
 def is_held(content_id: str, held: Mapping[str, str], current: Mapping[str, str]) -> bool:
@@ -172,7 +174,7 @@ def plan(
         else:
             skipped.append(Skip(content_id, probability, rank, reason))
     if tokens is not None:
-        state = replace(state, tokens=tokens)
+        state = PlannerState(tokens, state.counted_at, state.offset)
     return Plan(tuple(decisions), tuple(skipped), state, cut)
 
 

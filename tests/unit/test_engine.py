@@ -92,6 +92,19 @@ def test_save_data_and_an_empty_ring_send_nothing() -> None:
     assert not nowhere.commands and nowhere.unrouted > 0
 
 
+def test_every_prefetch_an_empty_ring_cannot_route_is_counted() -> None:
+    everything = PlannerConfig(
+        thresholds={"4g": 0.0, "3g": 0.0, "2g": 0.0, "slow-2g": 0.0}, threshold_floor=0.0
+    )
+    engine = Engine(Foresight(), EngineConfig(planner=everything))
+    _warm(engine)
+    event = _click("c4", "a", 9e4, 1)
+    routed = engine.on_interaction(event, None, RING, 0, 1)
+    nowhere = engine.on_interaction(event, None, HashRing(), 0, 1)
+    assert len(routed.commands) > 1 and routed.unrouted == 0
+    assert nowhere.unrouted == len(routed.commands) and not nowhere.commands
+
+
 def test_a_scraper_is_blocked_and_alerted_once_while_people_keep_their_prefetches(
     yoochoose_dir: Path,
 ) -> None:
