@@ -199,6 +199,16 @@ def create_app(settings: Settings) -> faust.App:
     )
     commands_out = functools.cache(lambda slot: metrics.COMMANDS_OUT.labels(str(slot)))
 
+    shed_after_s = settings.prefetch_shed_after_s
+
+    def late(received_at: float) -> bool:
+        """Whether the worker is so far behind that a prediction for this click would reach
+        the node after FORESIGHT_PREFETCH_SHED_AFTER_S, where it would be shed anyway."""
+        if shed_after_s is None or time.time() - received_at <= shed_after_s:
+            return False
+        metrics.SHED_PREDICTIONS.inc()
+        return True
+
     @app.agent(interactions, concurrency=1)
     async def process_interactions(stream: faust.StreamT[bytes]) -> None:
         await runtime.ready.wait()
@@ -227,6 +237,7 @@ def create_app(settings: Settings) -> faust.App:
                 message.partition,
                 message.offset,
                 received_at=message.timestamp,
+                predict=not late(message.timestamp),
             )
         except Exception as exc:  # a bug must not lose the event: dead-letter it
             log.exception("engine failed on %s", interaction.event_id)

@@ -142,11 +142,17 @@ class Engine:
         partition: int,
         offset: int,
         received_at: float | None = None,
+        *,
+        predict: bool = True,
     ) -> Step:
         """One interaction. ``received_at`` is when Kafka got it (the record's timestamp): an
         event stamped more than FUTURE_SKEW_S after that is taken as of ``received_at``, since
         a client's clock must not steer the shared model (one view stamped a month ahead
-        would make every other item's popularity negligible)."""
+        would make every other item's popularity negligible).
+
+        ``predict=False`` learns the event and plans nothing (a worker far behind sheds the
+        prediction of a click whose prefetches could no longer arrive in time: half the step's
+        cost, so it catches up sooner); the next event is then not scored."""
         record = record or ClientRecord()
         if record.partition == partition and offset <= record.offset:
             return Step(record, [], [], duplicate=True)
@@ -168,7 +174,11 @@ class Engine:
         # Then learn (the client's own session advances even when blocked), then predict.
         self.predictor.set_client_state(client, record.session)
         self.predictor.learn(client, event.content_id, event.ts, contribute=not blocked)
-        predictions = self.predictor.predict(client, max(self.config.top_k, self.config.prefetch_k))
+        predictions = (
+            self.predictor.predict(client, max(self.config.top_k, self.config.prefetch_k))
+            if predict
+            else []
+        )
         session = self.predictor.client_state(client) or ClientState()
         self.predictor.forget(client)  # the table holds client state, not the predictor
         ctx = event.context

@@ -61,3 +61,8 @@ DELIVERIES = Counter(
 OUTPUT_QUEUE = Gauge(
     "foresight_worker_kafka_queue", "Records produced through librdkafka and not yet delivered"
 )
+SHED_PREDICTIONS = Counter(
+    "foresight_worker_shed_predictions_total",
+    "Clicks learned without a prediction: the worker was further behind than "
+    "FORESIGHT_PREFETCH_SHED_AFTER_S, so their prefetches would have come too late",
+)

@@ -574,6 +574,7 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
     unpublished: list[dict[str, Any]] = []
     online_hr: float | None = None
     worker_lag_ms: float | None = None
+    shed_predictions = 0.0
     load: dict[str, dict[str, float]] = {}
     began = time.monotonic()
     try:
@@ -618,6 +619,8 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
                 lagged = metric_sum(after, f"{lag}_count") - metric_sum(before, f"{lag}_count")
                 lag_s = metric_sum(after, f"{lag}_sum") - metric_sum(before, f"{lag}_sum")
                 worker_lag_ms = round(lag_s / lagged * 1000, 1) if lagged else None
+                shed = "foresight_worker_shed_predictions_total"
+                shed_predictions = metric_sum(after, shed) - metric_sum(before, shed)
                 load = run.node_load(sessions)
                 run.keep_metrics("worker", http_text(f"{run.worker_url}/metrics"))
                 if options.baseline:
@@ -670,6 +673,8 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
             # worker drops them by event id).
             "redelivered_events": redelivered,
             "chaos": run.chaos.as_json() if run.chaos is not None else [],
+            # Clicks the worker learned without predicting, too far behind for a prefetch.
+            "shed_predictions": shed_predictions,
             # Prefetch commands the nodes shed under load, by why (summed over the nodes).
             "shed_commands": {
                 why: sum(node.get(f"shed_{why}", 0.0) for node in load.values())

@@ -224,3 +224,19 @@ def test_a_record_stored_before_prefetch_k_existed_still_loads() -> None:
     record = loads_record(stored)
     assert record.last_prediction == ["c", "d", "e", "f", "g"] and record.hits == 1
     assert record.session.items == ["a", "b"] and record.prefetched == {"c": 612.5}
+
+
+def test_a_click_learned_without_a_prediction_plans_nothing_and_is_not_scored_next() -> None:
+    engine = Engine(Foresight())
+    ring = HashRing([Member("node-0", slot=0)])
+    events = [
+        Interaction(event_id=f"e{n}", client_id="c", content_id=item, kind="click", ts=float(n))
+        for n, item in enumerate(["a", "b", "a", "b", "a"])
+    ]
+    record = None
+    for offset, event in enumerate(events[:-1]):
+        record = engine.on_interaction(event, record, ring, 0, offset).record
+    shed = engine.on_interaction(events[-1], record, ring, 0, 4, predict=False)
+    assert shed.commands == [] and shed.predictions == [] and shed.record.last_prediction == []
+    # Learned all the same: the session advanced.
+    assert shed.record.session.items[-1] == "a" and shed.record.events == 5
