@@ -5,6 +5,7 @@ prefetch work waits while a person's request is being answered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import cast
 
@@ -233,3 +234,17 @@ async def test_prefetch_work_waits_while_a_request_is_answered(
     monkeypatch.setattr(consumers.server, "REQUESTS_FIRST_S", 0.01)
     with process.serving_request():
         await asyncio.wait_for(process.requests_first(), 1.0)
+
+
+async def test_while_requests_come_prefetch_work_runs_in_fewer_lanes() -> None:
+    process = NodeProcess(Settings(), NodeConfig("node-0", 0, "127.0.0.1", 1))
+    # No request lately: a command holds nothing besides its lane (all lanes are free to it).
+    assert isinstance(process.serving_lanes(), contextlib.nullcontext)
+    with process.serving_request():
+        assert process.serving_lanes() is process._serving_lanes
+    # Just after a request, still: the next person is likely on the way.
+    lanes = process.serving_lanes()
+    assert lanes is process._serving_lanes
+    for _ in range(consumers.server.PREFETCH_CONCURRENCY_SERVING):
+        await lanes.__aenter__()
+    assert process._serving_lanes.locked(), "a third command would wait while requests come"
