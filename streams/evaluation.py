@@ -205,8 +205,18 @@ def evaluate(
     of scored clicks and t the probability threshold of the precision. ``progress(n)`` is
     called as clicks are processed; :func:`work` gives the total.
     """
-    train = read_sessions(train_path)
-    test = read_sessions(test_path)
+    return evaluate_sessions(read_sessions(train_path), read_sessions(test_path), models, progress)
+
+
+def evaluate_sessions(
+    train: list[Session],
+    test: list[Session],
+    models: Mapping[str, Callable[[], Predictor]] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate` over sessions already read (from an access log, say), each list ordered
+    by first click as :func:`read_sessions` orders them; the progress total is models x clicks.
+    """
     chosen = DEFAULT_MODELS if models is None else models
     events = sum(max(0, len(clicks) - 1) for _, clicks in test)
     results = {
