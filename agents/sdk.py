@@ -317,6 +317,7 @@ class Agent:
                 await asyncio.sleep(delay)
                 delay = min(self._backoff_s[1], delay * 2)
         self._task = asyncio.create_task(self._run(ws), name=f"agent:{self.client_id}")
+        await asyncio.sleep(0)  # the task takes the socket first: connected once this returns
 
     async def close(self) -> None:
         """Send the queued feedback and views (waiting up to CLOSE_WAIT_S for a reconnect in

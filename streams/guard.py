@@ -30,7 +30,9 @@ import pickle
 import zlib
 from collections import Counter
 from dataclasses import dataclass
+from functools import reduce
 from importlib.metadata import version
+from operator import add
 from typing import Protocol
 
 import msgspec
@@ -132,9 +134,12 @@ def features(state: ClientState) -> dict[str, float]:
     """
     ts, items, n = state.ts, state.items, len(state.ts)
     gaps = [max(b - a, 0.0) for a, b in itertools.pairwise(ts)]  # late events: gap 0
-    span = sum(gaps)
+    # Added left to right, not by sum(), which compensates rounding since Python 3.12: the
+    # same window gives the same features, so the same verdict, on every version.
+    span = reduce(add, gaps, 0.0)
     mean = span / len(gaps) if gaps else 0.0
-    cv = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps)) / mean if mean > 0 else 0.0
+    squares = reduce(add, ((g - mean) ** 2 for g in gaps), 0.0)
+    cv = math.sqrt(squares / len(gaps)) / mean if mean > 0 else 0.0
     steps = _steps(items)
     up, down = sum(d > 0 for d in steps), sum(d < 0 for d in steps)
     same = sum(d1 == d0 != 0 for d0, d1 in itertools.pairwise(steps))

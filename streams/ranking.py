@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import reduce
+from operator import add
 from typing import Any
 
 from river.utils.math import sigmoid
@@ -167,7 +169,9 @@ class Ranking:
                 weights = [exp(score - top) for score in scores]
             else:
                 weights = list(scores)
-            total = sum(weights) or 1.0
+            # *exact*: added left to right, as sum() did before Python 3.12 compensated its
+            # rounding, so a session ranks the same on every version
+            total = reduce(add, weights, 0.0) or 1.0
             self._shares = [w / total for w in weights]
         return self._shares
 
@@ -205,7 +209,7 @@ def _candidates(
     recency = session.recency
     # Rules of the clicks before the last, weighted 1/distance, as shares of each row.
     reach = range(2, min(n, config.earlier) + 1)
-    norm = sum(1.0 / d for d in reach) or 1.0
+    norm = reduce(add, (1.0 / d for d in reach), 0.0) or 1.0  # *exact*: as total in shares()
     earlier = [(signals.forward.row(items[n - d]), d * norm) for d in reach]
     earlier = [(row, scale * row.total) for row, scale in earlier if row.total]
     popularity = signals.popularity
