@@ -10,6 +10,7 @@ from typing import IO
 from schemas import Interaction, InvalidRecord, convert
 
 YOOCHOOSE_HEADER = ("SessionId", "ItemId", "Time")
+CLIENT_COLUMN = "ClientId"  # optional fourth column: the client a session belongs to
 
 
 class DatasetError(ValueError):
@@ -31,10 +32,13 @@ def read_jsonl(stream: IO[bytes]) -> Iterator[bytes]:
 
 
 def read_yoochoose(path: Path) -> Iterator[Interaction]:
-    """Interaction events from a TSV with header ``SessionId ItemId Time``.
+    """Interaction events from a TSV with header ``SessionId ItemId Time`` and optionally a
+    fourth column, ``ClientId``.
 
-    The session id becomes the client id; each row is one click. The event id is derived from
-    the file position, so a re-run publishes the same ids and consumers can deduplicate.
+    The client id is the ClientId when the file has one (a client's sessions are one client
+    that comes back), else the session id (every session a new client); each row is one
+    click. The event id is derived from the file position, so a re-run publishes the same ids
+    and consumers can deduplicate.
     """
     try:
         yield from _read_yoochoose(path)
@@ -46,14 +50,17 @@ def _read_yoochoose(path: Path) -> Iterator[Interaction]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle, delimiter="\t")
         header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != YOOCHOOSE_HEADER:
+        names = tuple(h.strip() for h in header or ())
+        if names not in (YOOCHOOSE_HEADER, (*YOOCHOOSE_HEADER, CLIENT_COLUMN)):
             raise DatasetError(
-                f"{path}: expected a TSV header {' '.join(YOOCHOOSE_HEADER)}, got {header!r}"
+                f"{path}: expected a TSV header {' '.join(YOOCHOOSE_HEADER)} "
+                f"[{CLIENT_COLUMN}], got {header!r}"
             )
+        columns = len(names)
         for line_no, row in enumerate(reader, start=2):
-            if len(row) != 3:
-                raise DatasetError(f"{path}:{line_no}: expected 3 columns, got {len(row)}")
-            session, item, time_s = (cell.strip() for cell in row)
+            if len(row) != columns:
+                raise DatasetError(f"{path}:{line_no}: expected {columns} columns, got {len(row)}")
+            session, item, time_s, *client = (cell.strip() for cell in row)
             try:
                 ts = float(time_s)
             except ValueError:
@@ -65,7 +72,7 @@ def _read_yoochoose(path: Path) -> Iterator[Interaction]:
                     Interaction,
                     {
                         "event_id": f"{path.stem}-{line_no}",
-                        "client_id": session,
+                        "client_id": client[0] if client else session,
                         "content_id": item,
                         "kind": "click",
                         "ts": ts,

@@ -7,7 +7,10 @@ The protocol (test-then-train), the same for every predictor:
 2. then each test session in time order: its first click is learned without scoring; each
    later click is scored against ``predict`` on the session's prefix, then learned.
 
-A session is one client (its id is the client id). Scores per model: HR@1/3/5/20, MRR@5,
+A session is one client (its id is the client id), unless the file has a fourth column,
+``ClientId``: then a client's sessions share its id, so a predictor can know a returning
+client, and the scores are also given over the clicks of returning clients (one with an earlier
+session, in training or test) and of new ones. Scores per model: HR@1/3/5/20, MRR@5,
 the precision and prefetches per click of the top-5 items at or above the planner's 4g
 threshold (no byte budget), the Brier score and expected calibration error (ten bins) of the
 top-5 probabilities, the wall time, and the mean cost of a click in microseconds while
@@ -33,6 +36,7 @@ Session = tuple[str, list[tuple[float, str]]]
 Progress = Callable[[int], None]
 
 CUTOFFS = (1, 3, 5, 20)
+HIT_RATES = tuple(f"hr@{cutoff}" for cutoff in CUTOFFS)
 PREFETCH_K = 5
 BINS = 10
 PROGRESS_EVERY = 1000
@@ -63,22 +67,28 @@ def read_sessions(path: str | Path) -> list[Session]:
 
 def _read_sessions(path: str | Path) -> list[Session]:
     clicks: dict[str, list[tuple[float, str]]] = {}
+    client_of: dict[str, str] = {}  # session id -> client id, when the file has ClientId
     with Path(path).open(newline="") as handle:
         reader = csv.reader(handle, delimiter="\t")
         header = next(reader, None)
-        if header is None or [h.strip() for h in header[:3]] != ["SessionId", "ItemId", "Time"]:
+        names = [h.strip() for h in header or []]
+        if names[:3] != ["SessionId", "ItemId", "Time"]:
             raise ValueError(f"{path}: expected the header SessionId, ItemId, Time")
+        with_client = names[3:4] == ["ClientId"]
         for row in reader:
             if not row:
                 continue
             try:
                 session_id, item, ts = row[0], row[1], float(row[2])
+                if with_client:
+                    client_of[session_id] = row[3]
             except (IndexError, ValueError):
                 raise ValueError(f"{path}:{reader.line_num}: bad row {row!r}") from None
             clicks.setdefault(session_id, []).append((ts, item))
     for session in clicks.values():
         session.sort(key=lambda click: click[0])
-    return sorted(clicks.items(), key=lambda s: s[1][0][0])
+    ordered = sorted(clicks.items(), key=lambda s: s[1][0][0])
+    return [(client_of.get(session_id, session_id), rows) for session_id, rows in ordered]
 
 
 def count_clicks(sessions: list[Session]) -> int:
@@ -157,25 +167,39 @@ def run(
     test: list[Session],
     threshold: float = THRESHOLDS["4g"],
     progress: Progress | None = None,
-) -> dict[str, float]:
-    """Run the protocol for one model; ``progress`` advances by clicks processed."""
+) -> dict[str, Any]:
+    """Run the protocol for one model; ``progress`` advances by clicks processed.
+
+    The scores also hold ``returning`` and ``new``: HR@k and MRR@5 over the clicks of clients
+    that had an earlier session and of those that did not (with ``clicks`` for each)."""
     tally = Tally(threshold)
+    by_client = {"returning": Tally(threshold), "new": Tally(threshold)}
     ticker = _Ticker(progress)
     started = time.perf_counter()
-    for session_id, clicks in train:
+    known: set[str] = set()  # clients with a session already
+    for client_id, clicks in train:
         for ts, item in clicks:
-            model.learn(session_id, item, ts)
+            model.learn(client_id, item, ts)
             ticker.tick()
+        known.add(client_id)
     trained = time.perf_counter()
-    for session_id, clicks in test:
+    for client_id, clicks in test:
+        kind = by_client["returning" if client_id in known else "new"]
         for position, (ts, item) in enumerate(clicks):
             if position:  # score first (the click is not known yet), then learn it
-                tally.add(model.predict(session_id, max(CUTOFFS)), item)
-            model.learn(session_id, item, ts)
+                predictions = model.predict(client_id, max(CUTOFFS))
+                tally.add(predictions, item)
+                kind.add(predictions, item)
+            model.learn(client_id, item, ts)
             ticker.tick()
+        known.add(client_id)
     ticker.flush()
     finished = time.perf_counter()
-    scores = tally.result()
+    scores: dict[str, Any] = tally.result()
+    for name, part in by_client.items():
+        measured = part.result()
+        scores[name] = {key: measured[key] for key in (*HIT_RATES, "mrr@5")}
+        scores[name]["clicks"] = part.events
     scores["seconds"] = finished - started
     scores["learn_us"] = 1e6 * (trained - started) / max(1, count_clicks(train))
     scores["test_us"] = 1e6 * (finished - trained) / max(1, count_clicks(test))
@@ -226,14 +250,22 @@ def evaluate_sessions(
 
 
 def render_table(result: Mapping[str, Any]) -> Table:
-    """The result of :func:`evaluate` as a rich Table, one row per model."""
+    """The result of :func:`evaluate` as a rich Table, one row per model; with returning
+    clients in the test (a file with ClientId), their HR@5 and MRR@5 and the new clients'."""
     columns = ["hr@1", "hr@3", "hr@5", "hr@20", "mrr@5", "precision", "prefetches_per_click"]
     columns += ["brier", "ece", "seconds", "test_us"]
+    models: Mapping[str, Mapping[str, Any]] = result["models"]
+    returning = any(scores.get("returning", {}).get("clicks") for scores in models.values())
+    parts = [("returning", "hr@5"), ("returning", "mrr@5"), ("new", "hr@5")] if returning else []
     table = Table(title=f"Next-click prediction, {result['events']} scored clicks")
     table.add_column("model")
     for column in columns:
         label = {"prefetches_per_click": "pf/click", "test_us": "us/click"}.get(column, column)
         table.add_column(label, justify="right")
-    for name, scores in result["models"].items():
-        table.add_row(name, *(f"{scores[c]:.3f}" if c in scores else "-" for c in columns))
+    for part, column in parts:
+        table.add_column(f"{column} {'ret' if part == 'returning' else part}", justify="right")
+    for name, scores in models.items():
+        cells = [f"{scores[c]:.3f}" if c in scores else "-" for c in columns]
+        cells += [f"{scores[part][column]:.3f}" for part, column in parts]
+        table.add_row(name, *cells)
     return table

@@ -46,3 +46,18 @@ def test_bad_tsv_names_the_line(tmp_path: Path, content: str, message: str) -> N
 def test_jsonl_skips_blank_lines() -> None:
     lines = list(read_jsonl(io.BytesIO(b'{"a":1}\n\n  \n{"b":2}\n')))
     assert lines == [b'{"a":1}', b'{"b":2}']
+
+
+def test_a_client_id_column_makes_a_clients_sessions_one_client(tmp_path: Path) -> None:
+    """movielens-small's fourth column: two sessions of client 7 are one client that comes
+    back; without the column each session is its own client."""
+    path = tmp_path / "clients.tsv"
+    path.write_text(
+        "SessionId\tItemId\tTime\tClientId\n1\ta\t10.0\t7\n1\tb\t20.0\t7\n2\tc\t9000.0\t7\n"
+        "3\td\t9100.0\t8\n"
+    )
+    assert [e.client_id for e in read_yoochoose(path)] == ["7", "7", "7", "8"]
+    short = tmp_path / "short.tsv"
+    short.write_text("SessionId\tItemId\tTime\tClientId\n1\ta\t10.0\n")
+    with pytest.raises(DatasetError, match="expected 4 columns"):
+        list(read_yoochoose(short))

@@ -118,3 +118,25 @@ def test_the_references_land_on_the_published_numbers_for_this_sample(
     test = read_sessions(yoochoose_dir / "test.tsv")
     assert run(Markov1(), train, test)["hr@5"] == pytest.approx(0.498, abs=0.01)
     assert run(SequentialRules(), train, test)["hr@5"] == pytest.approx(0.509, abs=0.01)
+
+
+def test_a_client_id_column_scores_returning_and_new_clients_apart(tmp_path: Path) -> None:
+    """With ClientId, a client's sessions are predicted under its id, and its clicks count as
+    returning from its second session on (training sessions count as earlier ones)."""
+    head = "SessionId\tItemId\tTime\tClientId\n"
+    train = tmp_path / "train.tsv"
+    train.write_text(head + "1\ta\t1.0\told\n1\tb\t2.0\told\n")
+    test = tmp_path / "test.tsv"
+    test.write_text(
+        head + "2\tb\t5000.0\told\n2\tz\t5001.0\told\n"  # returning: one scored click, a miss
+        "3\ta\t6000.0\tfresh\n3\tb\t6001.0\tfresh\n3\tb\t6002.0\tfresh\n"  # new: two hits
+    )
+    assert [client for client, _ in read_sessions(test)] == ["old", "fresh"]
+    spy = Spy()
+    scores = run(spy, read_sessions(train), read_sessions(test))
+    assert {client for _, client, _ in spy.calls} == {"old", "fresh"}
+    assert scores["returning"]["clicks"] == 1 and scores["returning"]["hr@5"] == 0.0
+    assert scores["new"]["clicks"] == 2 and scores["new"]["hr@5"] == 1.0
+    assert scores["hr@5"] == pytest.approx(2 / 3)
+    table = render_table({"events": 3, "models": {"spy": scores}})
+    assert [column.header for column in table.columns][-3:] == ["hr@5 ret", "mrr@5 ret", "hr@5 new"]
