@@ -1,6 +1,12 @@
-"""The cache node's Prometheus metrics: what it handles, and how long each part takes."""
+"""The cache node's Prometheus metrics: what it handles, and how long each part takes.
+
+Beside them, :class:`NodeCounters`: the same kind of counts, per CacheNode, in process (the
+Prometheus ones are per process and never reset), for tests and inspection.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -75,3 +81,25 @@ FRAMES_UNSENT = Counter(
     "Frames queued for an agent and not sent because the node closed its connection (a "
     "redirect, a slow agent, a refused frame); its next hello tells its node what it holds",
 )
+
+
+@dataclass
+class NodeCounters:
+    """What one CacheNode did with its commands, fetches, pushes and updates."""
+
+    commands: int = 0
+    expired: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    departed: int = 0
+    fetch_failures: int = 0
+    fetches: int = 0
+    pushes: int = 0
+    already_held: int = 0
+    not_worth_bytes: int = 0
+    pending: int = 0
+    updates: int = 0
+    invalidations: int = 0
+    superseded: int = 0
+    late: int = 0
+    store_failures: int = 0

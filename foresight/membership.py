@@ -60,6 +60,11 @@ class MembershipWatcher:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
+    @property
+    def running(self) -> bool:
+        """Whether the reader thread is still folding records (it ends on stop() or an error)."""
+        return self._thread.is_alive()
+
     def wait_caught_up(self, timeout: float = 30.0) -> bool:
         """Whether the topic was read to its end once (the ring is then complete)."""
         return self._caught_up.wait(timeout)

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from aiohappyeyeballs import AddrInfoType
 
-from consumers.server import ws_url
+from consumers.ownership import ws_url
 from foresight import tokens
 from foresight.cassandra import connect
 from foresight.migrate import migrate

@@ -1,4 +1,4 @@
-"""The agents' WebSocket on a cache node (consumers.server.agent_socket), as an integrator
+"""The agents' WebSocket on a cache node (consumers.agent_socket), as an integrator
 writing an agent from docs/push-protocol.md meets it: what a connection gets for a bad first
 frame, a frame of another protocol version, a flood of frames, a non-owner and a node failure.
 
@@ -22,9 +22,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
-import consumers.server
+import consumers.agent_socket
+import consumers.outbox
+from consumers.agent_socket import agent_socket
 from consumers.node import CacheNode
-from consumers.server import NODE, NodeConfig, NodeProcess, agent_socket, ws_url
+from consumers.ownership import NodeConfig, ws_url
+from consumers.process import NODE, NodeProcess
 from consumers.sessions import AgentSession
 from foresight import tokens
 from foresight.ring import HashRing, Member
@@ -111,7 +114,7 @@ class Node:
 
     @property
     def producer(self) -> FakeProducer:
-        return cast(FakeProducer, self.process.producer)
+        return cast(FakeProducer, self.process.outbox.producer)
 
     def views_recorded(self) -> int:
         topic = self.process.settings.topic_interactions
@@ -159,20 +162,20 @@ async def closed(ws: aiohttp.ClientWebSocketResponse) -> tuple[int, str]:
 async def make_node(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[NodeFactory]:
     """``await make_node(*members, **settings)``: a node-0 whose ring is ``members``
     (empty: it owns every client)."""
-    monkeypatch.setattr(consumers.server, "Producer", FakeProducer)
+    monkeypatch.setattr(consumers.outbox, "Producer", FakeProducer)
     clients: list[TestClient[web.Request, web.Application]] = []
 
     async def make(*members: Member, **settings: Any) -> Node:
         config = NodeConfig("node-0", 0, "127.0.0.1", 0)
         process = NodeProcess(Settings(agent_token_secrets=[SECRET], **settings), config)
         process.node = cast(CacheNode, FakeContentNode())
-        monkeypatch.setattr(process, "ring", FakeRing(*members))
+        monkeypatch.setattr(process.ownership, "watcher", FakeRing(*members))
         app = web.Application()
         app[NODE] = process
         app.router.add_get(WS_PATH, agent_socket)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
-        process.loop = asyncio.get_running_loop()
+        process.outbox.loop = asyncio.get_running_loop()
         clients.append(client)
         return Node(process, client)
 
@@ -219,7 +222,7 @@ async def test_a_first_frame_that_is_not_a_valid_hello_gets_error_then_close_400
 async def test_no_hello_in_time_closes_4008_saying_so(
     make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(consumers.server, "HELLO_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(consumers.agent_socket, "HELLO_TIMEOUT_S", 0.05)
     node = await make_node()
     ws = await node.connect()
     code, reason = await closed(ws)
@@ -312,7 +315,7 @@ async def test_a_leaving_node_redirects_its_agents_to_the_new_owner_by_its_node_
     node = await make_node(NODE_A, NODE_B)
     client = client_owned_by(HashRing([NODE_A, NODE_B]), "node-0")
     ws = await node.welcomed(client)
-    ring = cast(FakeRing, node.process.ring)
+    ring = cast(FakeRing, node.process.ownership.watcher)
     ring.forget("node-0", after=3)
     await node.process.leave()
     # It waited for its own ring to drop it, as the other nodes' rings then do too, so that
@@ -328,7 +331,7 @@ async def test_a_leaving_node_redirects_its_agents_to_the_new_owner_by_its_node_
 async def test_a_leaving_node_with_no_other_node_closes_1001(make_node: NodeFactory) -> None:
     node = await make_node(NODE_A)
     ws = await node.welcomed()
-    cast(FakeRing, node.process.ring).forget("node-0", after=0)
+    cast(FakeRing, node.process.ownership.watcher).forget("node-0", after=0)
     await node.process.leave()
     code, reason = await closed(ws)
     assert code == CloseCode.GOING_AWAY and reason
@@ -400,7 +403,7 @@ async def test_a_token_signed_by_an_old_secret_is_welcome_and_logged(
     node = await make_node()
     # Rotated: a new current secret first, the one the agent's token was signed with second.
     node.process.secrets = ["rotated-secret-0123456789abcdef-0123456789", SECRET]
-    with caplog.at_level(logging.INFO, logger="consumers.server"):
+    with caplog.at_level(logging.INFO, logger="consumers.auth"):
         ws = await node.welcomed()
         await ws.close()
     assert any(

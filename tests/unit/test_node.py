@@ -12,10 +12,10 @@ from typing import cast
 import pytest
 from cassandra.cluster import NoHostAvailable
 
-import consumers.server
+import consumers.gate
 from consumers.fetcher import Fetched, Fetcher
+from consumers.gate import RequestGate
 from consumers.node import CacheNode
-from consumers.server import NodeConfig, NodeProcess
 from consumers.sessions import AgentSession, SessionRegistry
 from consumers.store import ContentStore, StoredVersion
 from foresight.settings import Settings
@@ -223,28 +223,28 @@ async def test_with_cassandra_down_a_request_is_still_served_from_the_origin() -
 async def test_prefetch_work_waits_while_a_request_is_answered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    process = NodeProcess(Settings(), NodeConfig("node-0", 0, "127.0.0.1", 1))
-    await asyncio.wait_for(process.requests_first(), 1.0)  # nothing served: no wait
-    with process.serving_request():
-        waiting = asyncio.create_task(process.requests_first())
+    gate = RequestGate()
+    await asyncio.wait_for(gate.requests_first(), 1.0)  # nothing served: no wait
+    with gate.serving_request():
+        waiting = asyncio.create_task(gate.requests_first())
         await asyncio.sleep(0.02)
         assert not waiting.done(), "a command started while a request was being answered"
     await asyncio.wait_for(waiting, 1.0)  # the request done: the command goes on
     # A node answering requests without a pause still carries out its commands.
-    monkeypatch.setattr(consumers.server, "REQUESTS_FIRST_S", 0.01)
-    with process.serving_request():
-        await asyncio.wait_for(process.requests_first(), 1.0)
+    monkeypatch.setattr(consumers.gate, "REQUESTS_FIRST_S", 0.01)
+    with gate.serving_request():
+        await asyncio.wait_for(gate.requests_first(), 1.0)
 
 
 async def test_while_requests_come_prefetch_work_runs_in_fewer_lanes() -> None:
-    process = NodeProcess(Settings(), NodeConfig("node-0", 0, "127.0.0.1", 1))
+    gate = RequestGate()
     # No request lately: a command holds nothing besides its lane (all lanes are free to it).
-    assert isinstance(process.serving_lanes(), contextlib.nullcontext)
-    with process.serving_request():
-        assert process.serving_lanes() is process._serving_lanes
+    assert isinstance(gate.serving_lanes(), contextlib.nullcontext)
+    with gate.serving_request():
+        assert gate.serving_lanes() is gate._serving_lanes
     # Just after a request, still: the next person is likely on the way.
-    lanes = process.serving_lanes()
-    assert lanes is process._serving_lanes
-    for _ in range(consumers.server.PREFETCH_CONCURRENCY_SERVING):
+    lanes = gate.serving_lanes()
+    assert lanes is gate._serving_lanes
+    for _ in range(consumers.gate.PREFETCH_CONCURRENCY_SERVING):
         await lanes.__aenter__()
-    assert process._serving_lanes.locked(), "a third command would wait while requests come"
+    assert gate._serving_lanes.locked(), "a third command would wait while requests come"
