@@ -85,6 +85,7 @@ def _render_html(data: ReportData) -> str:
     )
     raw = json.dumps(data.summary, indent=2, sort_keys=True, default=str)
     title = html.escape(data.title)
+    pages = _top_pages_html(data.summary)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
@@ -102,7 +103,7 @@ pre {{ background: #f6f6f6; padding: 1rem; overflow-x: auto; }}
 <table>
 {rows}
 </table>
-<h2>Plots</h2>
+{pages}<h2>Plots</h2>
 {figures}
 <h2>Full result</h2>
 <pre>{html.escape(raw, quote=False)}</pre>
@@ -144,8 +145,18 @@ def _summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
             ("all_clicks", "wasted_per_requested_byte"),
             "{:.3f}".format,
         ),
+        ("Latency saved per request", ("savings", "saved_ms_per_request"), ms),
+        ("Latency saved per session", ("savings", "saved_ms_per_session"), ms),
+        ("Page views answered locally", ("savings", "answered_locally_share"), percent),
+        ("Pushed per session", ("savings", "prefetched_bytes_per_session"), _format_bytes),
+        ("Wasted per session", ("savings", "wasted_bytes_per_session"), _format_bytes),
     ]
     rows = []
+    network = summary.get("network")
+    if isinstance(network, Mapping) and (network.get("rtt_ms") or network.get("down_mbps")):
+        down = network.get("down_mbps")
+        rate = "unlimited downlink" if down is None else f"{down:g} Mbit/s down"
+        rows.append(("Network", f"{network.get('profile')}: {network.get('rtt_ms'):g} ms, {rate}"))
     for label, path, fmt in fields:
         value: Any = summary
         for key in path:
@@ -164,6 +175,43 @@ def _format_bytes(n: float) -> str:
     if abs(n) < 1024**2:
         return f"{n / 1024:,.2f} KiB"
     return f"{n / 1024**2:,.2f} MiB"
+
+
+#: The top pages' table: (heading, key, format); None values show as "-".
+_PAGE_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("Page", "page", str),
+    ("Views", "views", "{:,}".format),
+    ("Answered locally", "answered_locally_share", "{:.1%}".format),
+    ("Latency with", "latency_ms_with", "{:,.1f} ms".format),
+    ("Latency without", "latency_ms_without", "{:,.1f} ms".format),
+    ("Saved per view", "saved_ms_per_view", "{:,.1f} ms".format),
+    ("Size", "bytes", _format_bytes),
+    ("Pushed", "prefetched_bytes", _format_bytes),
+    ("Wasted", "wasted_bytes", _format_bytes),
+)
+
+
+def _top_pages_html(summary: Mapping[str, Any]) -> str:
+    """The top pages by views and what each gained (foresight.replay.savings), or nothing."""
+    savings = summary.get("savings")
+    pages = savings.get("top_pages") if isinstance(savings, Mapping) else None
+    if not pages:
+        return ""
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _, _ in _PAGE_COLUMNS)
+    body = "\n".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape('-' if page.get(key) is None else fmt(page[key]))}</td>"
+            for _, key, fmt in _PAGE_COLUMNS
+        )
+        + "</tr>"
+        for page in pages
+    )
+    return (
+        f"<h2>Top pages by views</h2>\n<table>\n<tr>{head}</tr>\n{body}\n</table>\n"
+        "<p>Latencies are means over the page's views, under the replay's network; saved is "
+        "without minus with.</p>\n"
+    )
 
 
 def _percentile(values: Sequence[float], q: float) -> float:

@@ -176,6 +176,12 @@ class Settings(BaseSettings):
         description="Content ids the demo origin answers 404 for, as a JSON list "
         "(FORESIGHT_ORIGIN_MISSING_IDS).",
     )
+    origin_sizes_file: Path | None = Field(
+        None,
+        description="A JSON object of content ids and byte sizes: the demo origin serves "
+        "exactly these items at these sizes (a site's own, as `foresight replay --log` "
+        "writes them) instead of its synthetic catalogue (FORESIGHT_ORIGIN_SIZES_FILE).",
+    )
     origin_admin_token: SecretStr | None = Field(
         None,
         description="Bearer token that the demo origin's POST /admin/content/{id}/bump requires; "

@@ -9,24 +9,34 @@ The mix is roughly that of a shop: half HTML pages, 30 % JSON records, 20 % imag
 JPEG), with log-normal sizes (a few KB typical, a long tail) clipped to 2 KiB .. 300 KiB.
 Bodies are built from cached blocks by repetition, so a 300 KiB body costs well under 1 ms.
 
+A catalogue can also be a site's own: ``Catalog(sizes={id: bytes})`` serves exactly those
+items, each an HTML page of exactly its size (a replay of an access log gives each page the
+bytes the log recorded for it, ``foresight.replay.site``); any other id answers 404.
+``read_sizes`` reads such a map from the JSON file ``FORESIGHT_ORIGIN_SIZES_FILE`` names.
+
 >>> catalog = Catalog()
 >>> first = catalog.get("214536502")
 >>> first.version, first.size == spec_of("214536502").size
 (1, True)
 >>> catalog.bump("214536502").version
 2
+>>> site = Catalog(sizes={"p/news": 50_000})
+>>> site.get("p/news").size, site.get("p/news").media_type, site.get("214536502")
+(50000, 'text/html; charset=utf-8', None)
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 import re
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import NormalDist
 from typing import Literal
 
@@ -123,27 +133,64 @@ def strong_etag(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest() + '"'
 
 
+def _seed(content_id: str, version: int) -> bytes:
+    return hashlib.sha256(f"{content_id}\x00{version}".encode()).digest()
+
+
 @functools.lru_cache(maxsize=64)
 def render(content_id: str, version: int) -> Content:
     """The bytes of ``version`` of the item: the same for the same arguments, every time."""
     spec = spec_of(content_id)
-    seed = hashlib.sha256(f"{content_id}\x00{version}".encode()).digest()
-    body = _BUILDERS[spec.kind](content_id, version, spec.size, seed)
+    body = _BUILDERS[spec.kind](content_id, version, spec.size, _seed(content_id, version))
     return Content(content_id, version, spec.kind, body, strong_etag(body))
+
+
+@functools.lru_cache(maxsize=64)
+def render_sized(content_id: str, version: int, size: int) -> Content:
+    """``version`` of a page of exactly ``size`` bytes (a skeleton cut short below ~700)."""
+    body = _html(content_id, version, size, _seed(content_id, version))[:size]
+    return Content(content_id, version, "html", body, strong_etag(body))
+
+
+class SizesFileError(ValueError):
+    """The sizes file is not a JSON object of content ids and byte counts; says where."""
+
+
+def read_sizes(path: Path) -> dict[str, int]:
+    """A site's sizes map from a JSON object ``{content_id: bytes}``."""
+    try:
+        sizes = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SizesFileError(f"{path}: {exc}") from None
+    if not isinstance(sizes, dict):
+        raise SizesFileError(f"{path}: expected a JSON object of content ids and sizes")
+    for content_id, size in sizes.items():
+        if not is_content_id(content_id) or type(size) is not int or size < 0:
+            raise SizesFileError(f"{path}: {content_id!r}: {size!r} is no content id and size")
+    return sizes
 
 
 class Catalog:
     """The origin's items and their current versions (all start at 1).
 
     ``missing`` ids answer as if they did not exist, so demos and tests can exercise 404s.
+    ``sizes``: a site's own items and their sizes instead of the synthetic catalogue.
     """
 
-    def __init__(self, missing: Iterable[str] = ()) -> None:
+    def __init__(self, missing: Iterable[str] = (), sizes: Mapping[str, int] | None = None) -> None:
         self.missing = frozenset(missing)
+        self.sizes = None if sizes is None else dict(sizes)
         self._versions: dict[str, int] = {}
 
     def has(self, content_id: str) -> bool:
+        if self.sizes is not None and content_id not in self.sizes:
+            return False
         return is_content_id(content_id) and content_id not in self.missing
+
+    def _render(self, content_id: str, version: int) -> Content:
+        if self.sizes is None:
+            return render(content_id, version)
+        return render_sized(content_id, version, self.sizes[content_id])
 
     def version(self, content_id: str) -> int:
         return self._versions.get(content_id, 1)
@@ -152,14 +199,14 @@ class Catalog:
         """The current version of the item, or None when there is no such item."""
         if not self.has(content_id):
             return None
-        return render(content_id, self.version(content_id))
+        return self._render(content_id, self.version(content_id))
 
     def bump(self, content_id: str) -> Content | None:
         """Make a new version of the item current and return it (None: no such item)."""
         if not self.has(content_id):
             return None
         self._versions[content_id] = self.version(content_id) + 1
-        return render(content_id, self._versions[content_id])
+        return self._render(content_id, self._versions[content_id])
 
 
 # --- Bodies ----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from prometheus_client import (
 
 from foresight.kafka import producer_config
 from foresight.settings import Settings
-from origin.catalog import Catalog, Content
+from origin.catalog import Catalog, Content, read_sizes
 from schemas import ContentUpdate, encode
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class OriginConfig:
     port: int = 8701
     latency_s: float = 0.02  # added to every GET /content, as a remote origin would cost
     missing: frozenset[str] = frozenset()  # ids that answer 404, to demo misses
+    sizes: Mapping[str, int] | None = None  # a site's own items and sizes (catalog.read_sizes)
     admin_token: str | None = None  # when set, bumps need "Authorization: Bearer <token>"
     topic_content_updates: str = "content-updates"
     kafka: Mapping[str, Any] | None = None  # confluent-kafka producer config; None: no Kafka
@@ -66,6 +67,9 @@ def config_from(settings: Settings) -> OriginConfig:
         port=settings.origin_port,
         latency_s=settings.origin_latency_ms / 1000.0,
         missing=frozenset(settings.origin_missing_ids),
+        sizes=None
+        if settings.origin_sizes_file is None
+        else read_sizes(settings.origin_sizes_file),
         admin_token=token.get_secret_value() if token is not None else None,
         topic_content_updates=settings.topic_content_updates,
         kafka=MappingProxyType(kafka),
@@ -325,7 +329,7 @@ def create_app(config: OriginConfig, publisher: UpdatePublisher | None = None) -
     """
     app = web.Application()
     app[CONFIG] = config
-    app[CATALOG] = Catalog(missing=config.missing)
+    app[CATALOG] = Catalog(missing=config.missing, sizes=config.sizes)
     app[METRICS] = OriginMetrics()
     if publisher is not None:
         app[PUBLISHER] = publisher

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,9 +21,15 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from foresight.cli.common import console, fail, settings_of
+from foresight.cli.streams import LOG_ONLY, log_options_of, log_reading_options
 from foresight.settings import Settings
+
+if TYPE_CHECKING:
+    from foresight.replay.site import SiteFiles
+    from producers.accesslog import LogOptions
 
 DEFAULT_DATA = Path("../shared/data/yoochoose-100k")
 
@@ -69,6 +77,8 @@ def _fmt(value: Any, kind: str = "") -> str:
         return f"{value:.1%}"
     if kind == "bytes":
         return f"{value / 2**20:,.1f} MiB"
+    if kind == "kB":
+        return f"{value / 1000:,.1f} kB"
     if kind == "ms":
         return f"{value:,.2f} ms"
     return f"{value:,}" if isinstance(value, int) else f"{value:,.3f}"
@@ -107,6 +117,7 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
         ("requests that failed", _fmt(summary["errors"])),
         ("duplicate pushes", _fmt(summary["duplicate_pushes"])),
         ("duration", f"{summary['duration_s']:.0f} s"),
+        *_savings_rows(summary),
         ("counting landings as requests:", ""),
         ("  hit ratio", _fmt(every["hit_ratio"], "%")),
         ("  latency reduction", _fmt(every["latency_reduction"], "%")),
@@ -114,6 +125,49 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     ]
     for name, value in rows:
         table.add_row(name, value)
+    return table
+
+
+def _savings_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The network and what prefetching saved and cost the visitors (foresight.replay.savings)."""
+    net, saved = summary.get("network"), summary.get("savings")
+    rows = []
+    if net and (net["rtt_ms"] or net["down_mbps"] is not None):  # shaped
+        down = net["down_mbps"]
+        rate = "unlimited" if down is None else f"{down:g} Mbit/s"
+        rows.append(("network", f"{net['profile']}: {net['rtt_ms']:g} ms round trip, {rate}"))
+    if saved:
+        rows += [
+            ("latency saved per request", _fmt(saved["saved_ms_per_request"], "ms")),
+            ("latency saved per session", _fmt(saved["saved_ms_per_session"], "ms")),
+            ("page views answered locally", _fmt(saved["answered_locally_share"], "%")),
+            (
+                "pushed / wasted per session",
+                f"{_fmt(saved['prefetched_bytes_per_session'], 'kB')}"
+                f" / {_fmt(saved['wasted_bytes_per_session'], 'kB')}",
+            ),
+        ]
+    return rows
+
+
+def top_pages_table(summary: Mapping[str, Any]) -> Table | None:
+    """The top pages by views and what each gained, when the summary has them."""
+    pages = (summary.get("savings") or {}).get("top_pages")
+    if not pages:
+        return None
+    table = Table(title="Top pages by views")
+    for name in ("page", "views", "local", "with", "without", "saved/view", "wasted"):
+        table.add_column(name, justify="left" if name == "page" else "right")
+    for page in pages:
+        table.add_row(
+            Text(page["page"]),  # a path, never markup
+            _fmt(page["views"]),
+            _fmt(page["answered_locally_share"], "%"),
+            _fmt(page["latency_ms_with"], "ms"),
+            _fmt(page["latency_ms_without"], "ms"),
+            _fmt(page["saved_ms_per_view"], "ms"),
+            _fmt(page["wasted_bytes"], "kB"),
+        )
     return table
 
 
@@ -135,6 +189,8 @@ def run_and_report(settings: Settings, options: Any, json_out: Path | None) -> d
         except TimeoutError as exc:
             fail(str(exc))
     console.print(summary_table(result.summary))
+    if (pages := top_pages_table(result.summary)) is not None:
+        console.print(pages)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result.summary, indent=2) + "\n")
@@ -227,9 +283,57 @@ def _common(command: Any) -> Any:
     return command
 
 
+def _network_options(command: Any) -> Any:
+    from foresight.replay.network import PROFILES
+
+    options = [
+        click.option(
+            "--network",
+            type=click.Choice(list(PROFILES)),
+            default="loopback",
+            show_default=True,
+            help="Each agent's link in both passes: a fetch costs the round trip plus its "
+            "bytes over the downlink, pushes share the downlink (README: the profiles' numbers "
+            "and where they come from). loopback: not shaped.",
+        ),
+        click.option(
+            "--rtt-ms",
+            type=click.FloatRange(min=0.0),
+            default=None,
+            help="Round trip in ms, instead of the profile's.",
+        ),
+        click.option(
+            "--down-mbps",
+            type=click.FloatRange(min=0.0, min_open=True),
+            default=None,
+            help="Downlink in Mbit/s, instead of the profile's.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.command("replay")
-@click.option("--train", type=click.Path(path_type=Path), required=True, help="Training TSV.")
-@click.option("--test", type=click.Path(path_type=Path), required=True, help="Test TSV.")
+@click.option("--train", type=click.Path(path_type=Path), help="Training TSV (with --test).")
+@click.option("--test", type=click.Path(path_type=Path), help="Test TSV.")
+@click.option(
+    "--log",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Instead of --train/--test: an access log, Common or Combined Log Format, plain or "
+    "gzip; its page views are the sessions, its pages' sizes the origin's "
+    "(docs/access-logs.md).",
+)
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="With --log: sessions starting in this last fraction of the log's time span are "
+    "replayed, the earlier ones train the model.",
+)
+@log_reading_options
+@_network_options
 @click.option(
     "--json",
     "json_out",
@@ -249,8 +353,18 @@ def _common(command: Any) -> Any:
 @click.pass_context
 def replay_command(
     ctx: click.Context,
-    train: Path,
-    test: Path,
+    train: Path | None,
+    test: Path | None,
+    log: Path | None,
+    test_fraction: float,
+    session_gap_min: float,
+    attach_window_s: float,
+    subresource_ext: str | None,
+    robots: str | None,
+    keep_query: bool,
+    network: str,
+    rtt_ms: float | None,
+    down_mbps: float | None,
     json_out: Path,
     chaos_text: str | None,
     speed: float,
@@ -261,19 +375,32 @@ def replay_command(
     sweep: bool,
     out: Path,
 ) -> None:
-    """Replay TEST's sessions (SessionId, ItemId, Time TSV) as agents, after learning TRAIN.
+    """Replay TEST's sessions (SessionId, ItemId, Time TSV) as agents, after learning TRAIN;
+    or an access log's page views (--log), its earlier sessions learned, its later replayed.
 
     Starts the origin, a worker and two cache nodes (Kafka and Cassandra must be up), and
-    writes the JSON result and an HTML report.
+    writes the JSON result and an HTML report. With --log there is no offline sweep (it sizes
+    items from the synthetic catalogue, not the log's).
     """
     from foresight.replay.chaos import parse_faults
+    from foresight.replay.network import profile_of
 
     settings = settings_of(ctx)
+    _check_replay_inputs(ctx, train, test, log)
     try:
         chaos = parse_faults(chaos_text) if chaos_text is not None else ()
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--chaos") from None
-    options = _replay_options(
+    profile = profile_of(network, rtt_ms, down_mbps)
+    site = None
+    if log is not None:
+        options = log_options_of(
+            session_gap_min, attach_window_s, subresource_ext, robots, keep_query
+        )
+        site = _read_site(log, options, test_fraction, out, settings)
+        train, test, sweep = site.train, site.test, False
+    assert train is not None and test is not None
+    replay_options = _replay_options(
         _check_file(train, "--train"),
         _check_file(test, "--test"),
         speed,
@@ -285,8 +412,64 @@ def replay_command(
         out,
         chaos,
     )
+    replay_options = replace(
+        replay_options,
+        network=profile,
+        log=log,
+        sizes=site.sizes if site is not None else None,
+        log_summary=site.summary if site is not None else None,
+    )
     _require_services(settings)
-    run_and_report(settings, options, json_out)
+    run_and_report(settings, replay_options, json_out)
+
+
+def _check_replay_inputs(
+    ctx: click.Context, train: Path | None, test: Path | None, log: Path | None
+) -> None:
+    """One line and exit 1 unless the input is --log alone or --train with --test."""
+    if log is not None and (train is not None or test is not None):
+        fail("give either --log or --train and --test, not both")
+    if log is None and (train is None or test is None):
+        fail("give --train and --test (session files), or --log (an access log)")
+    given = [
+        "--" + name.replace("_", "-")
+        for name in (*LOG_ONLY, "test_fraction")
+        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    ]
+    if log is None and given:
+        fail(f"only with --log: {', '.join(given)}")
+
+
+def _read_site(
+    log: Path, options: LogOptions, test_fraction: float, out: Path, settings: Settings
+) -> SiteFiles:
+    """The log as the replay's input, in OUT/log (foresight.replay.site), with a progress line."""
+    from foresight.replay.site import write_site
+
+    with _progress() as progress:
+        display, done = _Display(progress), 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            display("reading the access log", done, log.stat().st_size or None)
+
+        try:
+            site = write_site(
+                log, options, test_fraction, out / "log", settings.fetch_max_bytes, advance
+            )
+        except ValueError as exc:
+            fail(str(exc))
+    counts = site.summary
+    console.print(
+        f"{log}: {counts['lines']:,} lines, {counts['bad']:,} bad; {counts['pages']:,} page "
+        f"views in {counts['sessions']:,} sessions: {counts['train_sessions']:,} to train, "
+        f"{counts['test_sessions']:,} to replay; {counts['items']:,} pages, median "
+        f"{counts['item_bytes_median']:,} bytes with what they load",
+        soft_wrap=True,
+        markup=False,
+    )
+    return site
 
 
 @click.command("demo")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,11 +63,15 @@ class Tally:
     errors: list[str] = field(default_factory=list)
     agents_done: int = 0
     clients_by_node: dict[str, int] = field(default_factory=dict)
+    # Per item, for the savings per page (foresight.replay.savings).
+    pushed_bytes_by_item: Counter[str] = field(default_factory=Counter)
+    used_bytes_by_item: Counter[str] = field(default_factory=Counter)
     # Kept as requests come, so the live display costs nothing per request.
     _hits: int = 0
     _next_items: int = 0
 
     def on_push(self, push: Push, received_at: float) -> None:
+        self.pushed_bytes_by_item[push.content_id] += len(push.body)
         if push.event_ts is not None:
             self.click_to_push_ms.append(max(0.0, received_at - push.event_ts) * 1000)
 
@@ -82,9 +87,10 @@ class Tally:
         self.unacked_at_close += stats.unacked_at_close
         self.resent += stats.resent
         self.reconnects += stats.reconnects
-        self.used_pushed_bytes += sum(
-            e.size for e in agent.cache.entries() if e.prefetched and e.used
-        )
+        for entry in agent.cache.entries():
+            if entry.prefetched and entry.used:
+                self.used_pushed_bytes += entry.size
+                self.used_bytes_by_item[entry.content_id] += entry.size
         node = agent.node_id or "none"
         self.clients_by_node[node] = self.clients_by_node.get(node, 0) + 1
         self.agents_done += 1

@@ -20,6 +20,13 @@
    so the model does not learn them twice). Both passes start cold, origin included.
 5. Optionally the offline threshold sweep (streams.simulate), for the report's trade-off plot.
 
+Under a network profile (``options.network``, foresight.replay.network) each agent's link is
+shaped in the with-prefetching pass: a fetch costs the round trip and its bytes behind what is
+already on the downlink, a pushed item is usable once its bytes are in, and the agent waits each
+answer out. The "without" latencies are then fetches over an idle link. Loopback shapes nothing.
+An access log's replay (``options.log``, foresight.replay.site) comes as session files and a
+sizes map the run hands to its origin (FORESIGHT_ORIGIN_SIZES_FILE).
+
 lost_events is published minus processed: requests the agents made minus the interactions
 the worker processed over the pass (each request is exactly one interaction).
 """
@@ -44,7 +51,7 @@ import aiohttp
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
-from agents.sdk import Agent, AgentError
+from agents.sdk import Agent, AgentError, GetResult
 from consumers.node import SHED_OUTCOMES
 from foresight import tokens
 from foresight.migrate import drop_keyspaces, migrate
@@ -64,6 +71,8 @@ from foresight.replay.measure import (
     summarize,
     timeline,
 )
+from foresight.replay.network import LOOPBACK, Link, NetworkProfile
+from foresight.replay.savings import savings
 from foresight.report import ReportData, write_report
 from foresight.ring import HashRing, Member
 from foresight.settings import Settings
@@ -72,6 +81,7 @@ from foresight.topics import create_topics, delete_topics
 from producers.datasets import read_yoochoose
 from producers.publisher import InteractionPublisher
 from schemas import Interaction, InvalidRecord, decode
+from schemas.protocol import Push
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +121,13 @@ class ReplayOptions:
     chaos: tuple[str, ...] = ()  # faults during the pass (foresight.replay.chaos)
     chaos_first_s: float = CHAOS_FIRST_S
     chaos_gap_s: float = CHAOS_GAP_S
+    # Each agent's link in both passes (foresight.replay.network); loopback: not shaped.
+    network: NetworkProfile = LOOPBACK
+    # The sessions come from this access log (foresight.replay.site), its pages' sizes from
+    # ``sizes`` (the origin serves them), what reading it counted in ``log_summary``.
+    log: Path | None = None
+    sizes: Path | None = None
+    log_summary: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -126,6 +143,7 @@ def run_settings(settings: Settings, options: ReplayOptions, tag: str) -> Settin
     """The run's own topics, keyspace, worker group and state folder; a token secret if none
     is configured (a fresh random one, handed only to the run's children)."""
     secrets_ = settings.agent_token_secrets or [SecretStr(secrets.token_hex(32))]
+    sizes = options.sizes.resolve() if options.sizes is not None else settings.origin_sizes_file
     return settings.with_topic_prefix(f"replay-{tag}").model_copy(
         update={
             "cassandra_keyspace": f"{settings.cassandra_keyspace[:20]}_r{tag}",  # <= 40 chars
@@ -133,6 +151,7 @@ def run_settings(settings: Settings, options: ReplayOptions, tag: str) -> Settin
             "state_dir": options.run_dir / "state",
             "prefetch_command_slots": max(settings.prefetch_command_slots, options.nodes),
             "agent_token_secrets": secrets_,
+            "origin_sizes_file": sizes,
         }
     )
 
@@ -406,6 +425,14 @@ class Replay:
         client = events[0].client_id
         token = tokens.issue(self.secret, client, 24 * 3600, time.time())
         bootstrap = self.node_urls[index % len(self.node_urls)]  # a non-owner redirects
+        network = self.options.network
+        link = Link(network) if network.shaped else None
+
+        def on_push(push: Push, received_at: float) -> None:
+            self.tally.on_push(push, received_at)
+            if link is not None:  # received_at is the agent's clock: time.time()
+                link.pushed(push.content_id, len(push.body), received_at)
+
         agent = Agent(
             client,
             token,
@@ -413,7 +440,7 @@ class Replay:
             nodes=self.node_urls,
             session=http,
             unused_ttl_s=None,
-            on_push=self.tally.on_push,
+            on_push=on_push,
         )
         try:
             await agent.connect()
@@ -423,11 +450,15 @@ class Replay:
                     gap = (event.ts - previous) / self.options.speed
                     await asyncio.sleep(min(max(0.0, gap), self.options.max_gap_s))
                 previous = event.ts
+                asked = time.time()
                 try:
                     result = await agent.get(event.content_id)
                 except AgentError as exc:
                     self.tally.errors.append(f"{client} {event.content_id}: {exc}")
                     continue
+                latency_ms = result.latency_ms
+                if link is not None:
+                    latency_ms = await _over_link(link, result, asked)
                 self.tally.add(
                     Request(
                         at=time.monotonic() - t0,
@@ -435,7 +466,7 @@ class Replay:
                         content_id=event.content_id,
                         landing=position == 0,
                         hit=result.from_cache,
-                        latency_ms=result.latency_ms,
+                        latency_ms=latency_ms,
                         size=len(result.body),
                     )
                 )
@@ -636,6 +667,11 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
                     without = [0.0] * len(requests)  # aligned with run.tally.requests
                     for i, latency in zip(order, latencies, strict=True):
                         without[i] = latency
+                    if options.network.shaped:  # a fetch over an idle link: no push shares it
+                        without = [
+                            options.network.idle_fetch_ms(ms, r.size)
+                            for ms, r in zip(without, requests, strict=True)
+                        ]
     except KeyboardInterrupt:
         interrupted = True
         duration = time.monotonic() - began
@@ -680,6 +716,16 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
                 why: sum(node.get(f"shed_{why}", 0.0) for node in load.values())
                 for why in SHED_OUTCOMES
             },
+            # The visitors' link in both passes (foresight.replay.network).
+            "network": options.network.as_json(),
+            # What prefetching saved the visitors and cost them, per top page too.
+            "savings": savings(
+                run.tally.requests,
+                without,
+                run.tally.pushed_bytes_by_item,
+                run.tally.used_bytes_by_item,
+            ),
+            **({"log": dict(options.log_summary)} if options.log_summary is not None else {}),
         },
     )
     nexts = request_indices(run.tally.requests)
@@ -690,11 +736,25 @@ def replay(settings: Settings, options: ReplayOptions, progress: Progress) -> Re
         latency_without_ms=[without[i] for i in nexts] if without else [],
         sweep=sweep,
         node_load=load,
-        title=f"Foresight replay of {options.test.name}",
+        title=f"Foresight replay of {(options.log or options.test).name}",
     )
     path = write_report(report, options.run_dir / "report")
     write_requests(run.tally.requests, without, options.run_dir / "report" / "requests.csv")
     return ReplayResult(summary, report, path, interrupted, run.tally)
+
+
+async def _over_link(link: Link, result: GetResult, asked: float) -> float:
+    """A request's latency over its agent's link (foresight.replay.network), waited out so that
+    the session goes on when its visitor could: a local answer once its pushed bytes are in, a
+    fetch once its answer has come down the link behind what was ahead of it."""
+    if result.from_cache:
+        done = max(asked, link.ready_at(result.content_id) or asked)
+        latency_ms = max(result.latency_ms, (done - asked) * 1000)
+    else:
+        done = link.fetched(result.content_id, len(result.body), time.time())
+        latency_ms = (done - asked) * 1000
+    await asyncio.sleep(max(0.0, done - time.time()))
+    return latency_ms
 
 
 def write_requests(requests: Sequence[Request], without: Sequence[float], path: Path) -> None:
