@@ -22,6 +22,7 @@ Python $(1) not found (no working python$(1) on PATH, no $(1) in pyenv): pyenv i
 endef
 
 .PHONY: help install services-up services-down services-status run test test-unit soak \
+        services-up-replicated services-down-replicated test-replicated \
         test-integration lint typecheck bench schemas clean pythons test-unit-all \
         $(foreach v,$(OTHER_PYTHONS),test-unit-py$(subst .,,$(v)))
 
@@ -45,6 +46,12 @@ services-down: install ## Stop the local Kafka and Cassandra that services-up st
 
 services-status: install ## Show the local services' ports, pids and health
 	$(FORESIGHT) services status
+
+services-up-replicated: install ## Start 3 Kafka brokers and 3 Cassandra nodes on 127.0.0.2-4
+	$(FORESIGHT) services up --replicated
+
+services-down-replicated: install ## Stop the replicated set (the single set keeps running)
+	$(FORESIGHT) services down --replicated
 
 run: install ## The main job: the whole system on real local services, a replay, a report
 	$(FORESIGHT) demo --data $(DATA) --out replay
@@ -78,6 +85,12 @@ test-unit-all: test-unit test-unit-py312 test-unit-py313 ## Unit tests on 3.11, 
 
 test-integration: services-up ## Run the integration tests against the real services
 	$(BIN)/pytest -q tests/integration
+
+# Not in `make test`: six more JVMs and minutes. The set is stopped whatever the outcome.
+test-replicated: install ## Kill -9 a broker, then Cassandra nodes, of the replicated set
+	$(FORESIGHT) services up --replicated && \
+	$(BIN)/pytest -q -s -m replicated tests/integration/test_replicated.py; \
+	status=$$?; $(FORESIGHT) services down --replicated; exit $$status
 
 lint: install ## ruff check, ruff format --check and the import contract (pyproject.toml)
 	$(BIN)/ruff check .

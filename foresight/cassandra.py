@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from cassandra import DriverException
+from cassandra import ConsistencyLevel, DriverException
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
@@ -22,11 +22,19 @@ from foresight.settings import Settings
 CASSANDRA_DOWN = (DriverException, NoHostAvailable, OSError)
 
 
-def make_cluster(hosts: Sequence[str], port: int, request_timeout: float = 10.0) -> Cluster:
-    """A Cluster speaking protocol v5 (Cassandra 5.0) with a token-aware policy."""
+def make_cluster(
+    hosts: Sequence[str],
+    port: int,
+    request_timeout: float = 10.0,
+    consistency: str = "LOCAL_ONE",
+) -> Cluster:
+    """A Cluster speaking protocol v5 (Cassandra 5.0) with a token-aware policy, whose every
+    statement runs at ``consistency`` (a ConsistencyLevel name; LOCAL_ONE is the driver's own
+    default) unless the statement names its own."""
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
         request_timeout=request_timeout,
+        consistency_level=ConsistencyLevel.name_to_value[consistency],
     )
     return Cluster(
         list(hosts),
@@ -39,8 +47,13 @@ def make_cluster(hosts: Sequence[str], port: int, request_timeout: float = 10.0)
 
 def connect(settings: Settings, keyspace: str | None = None) -> tuple[Cluster, Session]:
     """Connect to the configured contact points (blocking: call it from an executor in async
-    code). The caller owns the cluster and shuts it down."""
-    cluster = make_cluster(settings.cassandra_hosts, settings.cassandra_port)
+    code). The caller owns the cluster and shuts it down. Reads and writes run at
+    FORESIGHT_CASSANDRA_CONSISTENCY."""
+    cluster = make_cluster(
+        settings.cassandra_hosts,
+        settings.cassandra_port,
+        consistency=settings.cassandra_consistency,
+    )
     return cluster, cluster.connect(keyspace)
 
 

@@ -12,11 +12,36 @@ from pathlib import Path
 from typing import Literal
 
 import limits
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ReplicationStrategy = Literal["SimpleStrategy", "NetworkTopologyStrategy"]
 LogFormat = Literal["text", "json"]
+#: Consistency levels a request may ask for (ANY, write-only, and the serial ones left out).
+Consistency = Literal[
+    "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE"
+]
+
+#: Loopback addresses of the replicated set's three nodes, a Kafka broker and a Cassandra node
+#: on each (Linux routes all of 127/8 to lo); the single set keeps 127.0.0.1 to itself.
+REPLICATED_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+#: What FORESIGHT_REPLICATED=1 sets, unless the variable of the same field is set too: the
+#: replicated set's brokers and nodes, and the replication that three of each are for.
+REPLICATED_DEFAULTS: dict[str, object] = {
+    "kafka_bootstrap_servers": ",".join(f"{host}:9092" for host in REPLICATED_HOSTS),
+    "cassandra_contact_points": ",".join(REPLICATED_HOSTS),
+    "topic_replication_factor": 3,
+    "topic_min_insync_replicas": 2,
+    "cassandra_replication_factor": 3,
+    "cassandra_consistency": "LOCAL_QUORUM",
+}
 
 
 class Settings(BaseSettings):
@@ -47,6 +72,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Replication factor of the topics `foresight topics create` makes "
         "(FORESIGHT_TOPIC_REPLICATION_FACTOR); 1 on one machine, 3 on a cluster.",
+    )
+    topic_min_insync_replicas: int = Field(
+        1,
+        ge=1,
+        description="min.insync.replicas of the topics `foresight topics create` makes: a write "
+        "(every producer asks acks=all) fails rather than land on fewer replicas "
+        "(FORESIGHT_TOPIC_MIN_INSYNC_REPLICAS); 2 with a replication factor of 3.",
     )
     topic_interactions: str = Field(
         "interactions", description="Interaction events topic (FORESIGHT_TOPIC_INTERACTIONS)."
@@ -128,6 +160,11 @@ class Settings(BaseSettings):
         default_factory=lambda: {"datacenter1": 3},
         description="Replicas per datacenter with NetworkTopologyStrategy, as JSON, e.g. "
         '{"dc1": 3, "dc2": 3} (FORESIGHT_CASSANDRA_DATACENTERS).',
+    )
+    cassandra_consistency: Consistency = Field(
+        "LOCAL_ONE",
+        description="Consistency level of every Cassandra read and write "
+        "(FORESIGHT_CASSANDRA_CONSISTENCY); LOCAL_QUORUM with a replication factor of 3.",
     )
 
     # --- Foresight processes -----------------------------------------------------------------
@@ -381,6 +418,24 @@ class Settings(BaseSettings):
         description="How long `services up` waits for a service to answer "
         "(FORESIGHT_SERVICES_START_TIMEOUT_S).",
     )
+    replicated: bool = Field(
+        False,
+        description="Use the replicated set (`foresight services up --replicated`): its brokers "
+        "and nodes, topics RF 3 with min.insync.replicas 2, the keyspace RF 3, requests at "
+        "LOCAL_QUORUM, each unless its own variable is set (FORESIGHT_REPLICATED).",
+    )
+    replicated_kafka_heap_mb: int = Field(
+        384,
+        ge=128,
+        description="JVM heap of each of the replicated set's three Kafka brokers, in MiB "
+        "(FORESIGHT_REPLICATED_KAFKA_HEAP_MB).",
+    )
+    replicated_cassandra_heap_mb: int = Field(
+        1024,
+        ge=512,
+        description="JVM heap of each of the replicated set's three Cassandra nodes, in MiB "
+        "(FORESIGHT_REPLICATED_CASSANDRA_HEAP_MB).",
+    )
 
     @field_validator("collector_limit_per_ip", "collector_limit_per_client", mode="before")
     @classmethod
@@ -414,6 +469,28 @@ class Settings(BaseSettings):
             self.cassandra_datacenters
         ):
             raise ValueError("NetworkTopologyStrategy needs FORESIGHT_CASSANDRA_DATACENTERS")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replicated_defaults(cls, data: object) -> object:
+        """FORESIGHT_REPLICATED=1 fills in REPLICATED_DEFAULTS for the fields not given."""
+        if not isinstance(data, dict):
+            return data
+        try:
+            on = TypeAdapter(bool).validate_python(data.get("replicated", False))
+        except ValidationError:
+            return data  # the field's own validation names the bad value
+        return {**REPLICATED_DEFAULTS, **data} if on else data
+
+    @model_validator(mode="after")
+    def _min_insync_fits_replication(self) -> Settings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(
+                f"FORESIGHT_TOPIC_MIN_INSYNC_REPLICAS ({self.topic_min_insync_replicas}) is above "
+                f"FORESIGHT_TOPIC_REPLICATION_FACTOR ({self.topic_replication_factor}): no write "
+                "with acks=all could ever succeed"
+            )
         return self
 
     def with_topic_prefix(self, prefix: str) -> Settings:

@@ -49,7 +49,9 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicResult
             else:
                 results.append(TopicResult(name, have, "exists"))
             continue
-        config = {"cleanup.policy": "compact"} if name in settings.compacted_topics else {}
+        config = {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+        if name in settings.compacted_topics:
+            config["cleanup.policy"] = "compact"
         to_create.append(
             NewTopic(
                 name,

@@ -2,7 +2,9 @@
 
 A started service runs in its own session (mirakuru starts it with setsid) and outlives the
 command that started it; `down` stops only a process whose pid and start time match the pid
-file that `up` wrote, never another program on the same port.
+file that `up` wrote, never another program on the same port. Every service is checked and
+started on its own address (127.0.0.1, or a replicated node's), so the replicated set's nodes
+use the single set's ports without touching it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,8 +24,8 @@ from typing import Literal
 import mirakuru
 import psutil
 
+from foresight.services.base import ServiceSpec, port_open
 from foresight.services.provision import ServiceError
-from foresight.services.specs import ServiceSpec, port_open
 
 Health = Literal["healthy", "starting", "down"]
 
@@ -76,17 +78,20 @@ def status(spec: ServiceSpec) -> ServiceStatus:
     return ServiceStatus(spec.name, spec.port, process.pid, health, rss)
 
 
-def _port_owner(port: int) -> str:
+def _port_owner(port: int, host: str) -> str:
     with contextlib.suppress(psutil.Error, PermissionError):
         for conn in psutil.net_connections(kind="tcp"):
-            listening = conn.laddr and conn.laddr.port == port and conn.status == "LISTEN"
-            if listening and conn.pid:
+            if not conn.laddr or conn.laddr.port != port or conn.status != "LISTEN":
+                continue
+            address = conn.laddr.ip.removeprefix("::ffff:")
+            if address in (host, "0.0.0.0", "::") and conn.pid:
                 return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
     return "another program"
 
 
 class _ServiceExecutor(mirakuru.Executor):
-    """A mirakuru executor that is started once its service answers a real request."""
+    """A mirakuru executor that is started once its service is ready (by default: answers a
+    real request)."""
 
     def __init__(
         self,
@@ -94,9 +99,11 @@ class _ServiceExecutor(mirakuru.Executor):
         console: Path,
         timeout: float,
         on_wait: Callable[[], None],
+        ready: Callable[[], bool],
     ) -> None:
         self._spec = spec
         self._on_wait = on_wait
+        self._ready = ready
         self._console = console.open("ab")
         super().__init__(
             spec.command(),
@@ -116,7 +123,7 @@ class _ServiceExecutor(mirakuru.Executor):
 
     def after_start_check(self) -> bool:
         self._on_wait()
-        return bool(self._spec.healthy())
+        return bool(self._ready())
 
     def detach(self) -> int:
         """Leave the process running after this command exits; return its pid."""
@@ -127,20 +134,26 @@ class _ServiceExecutor(mirakuru.Executor):
         return pid
 
 
-def start(spec: ServiceSpec, timeout: float, on_wait: Callable[[], None]) -> int:
-    """Start one service and wait until it answers; return its pid.
+def start(
+    spec: ServiceSpec,
+    timeout: float,
+    on_wait: Callable[[], None],
+    ready: Callable[[], bool] | None = None,
+) -> int:
+    """Start one service and wait until ``ready()`` (by default: it answers); return its pid.
 
-    Raises ServiceError, in one line plus the log's last lines, when a port is taken by
-    another program, when the service dies during start, or when it does not answer in time.
+    Raises ServiceError, in one line plus the log's last lines, when a port of its address is
+    taken by another program, when the service dies during start, or when it is not ready in
+    time.
     """
     for port in spec.ports:
-        if port_open(port):
+        if port_open(port, spec.host):
             raise ServiceError(
-                f"{spec.name}: port {port} is taken by {_port_owner(port)}; "
-                f"free it or set another port in the settings"
+                f"{spec.name}: port {port} is taken by {_port_owner(port, spec.host)} on "
+                f"{spec.host}; free it or set another port in the settings"
             )
     spec.prepare()
-    executor = _ServiceExecutor(spec, spec.console_file, timeout, on_wait)
+    executor = _ServiceExecutor(spec, spec.console_file, timeout, on_wait, ready or spec.healthy)
     try:
         executor.start()
     except mirakuru.exceptions.ProcessExitedWithError as exc:
@@ -168,29 +181,58 @@ def _crash_tail(spec: ServiceSpec) -> str:
 
 def stop(spec: ServiceSpec, grace: float = 30.0) -> int | None:
     """Stop the service `up` started (SIGTERM, then SIGKILL); return its pid, or None."""
-    process = running_process(spec)
-    if process is None:
-        spec.pid_file.unlink(missing_ok=True)
-        return None
-    pid = int(process.pid)
-    with contextlib.suppress(psutil.NoSuchProcess):
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except psutil.TimeoutExpired:
+    return stop_together([spec], grace)[0]
+
+
+def stop_together(specs: Sequence[ServiceSpec], grace: float = 30.0) -> list[int | None]:
+    """Stop several services at once (SIGTERM to all, then SIGKILL to any still running after
+    ``grace``); return each one's pid, or None where it was not running.
+
+    The nodes of a quorum go together: stopped one by one, the last broker has no quorum left
+    to approve its controlled shutdown and waits out the grace."""
+    processes = [running_process(spec) for spec in specs]
+    for process in processes:
+        if process is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGTERM)
+    running = [p for p in processes if p is not None]
+    _gone, alive = psutil.wait_procs(running, timeout=grace)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
-            process.wait(timeout=10)
+    psutil.wait_procs(alive, timeout=10)
+    for spec in specs:
+        spec.pid_file.unlink(missing_ok=True)
+    return [None if p is None else int(p.pid) for p in processes]
+
+
+def kill(spec: ServiceSpec) -> int | None:
+    """kill -9 the service `up` started, as a crash would end it (for fault tests); return
+    its pid, or None when it was not running."""
+    process = running_process(spec)
     spec.pid_file.unlink(missing_ok=True)
-    return pid
+    if process is None:
+        return None
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process.kill()
+        process.wait(timeout=10)
+    return int(process.pid)
 
 
-def wait_healthy(spec: ServiceSpec, timeout: float, on_wait: Callable[[], None]) -> bool:
-    """Wait for an already running service (one still starting) to answer."""
+def wait_healthy(
+    spec: ServiceSpec,
+    timeout: float,
+    on_wait: Callable[[], None],
+    ready: Callable[[], bool] | None = None,
+) -> bool:
+    """Wait for an already running service (one still starting) to be ready (by default: to
+    answer)."""
+    ready = ready or spec.healthy
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if running_process(spec) is None:
             return False
-        if spec.healthy():
+        if ready():
             return True
         on_wait()
         time.sleep(1.0)
