@@ -1,8 +1,9 @@
 """One client's state in the predictor: its current session and its contribution budget.
 
 Per client: the current session, its last ``history`` clicks and the last click's time (a gap
-over ``session_gap_s`` starts a new one), and its contribution budget;
-:func:`dumps_client_state` makes it ~80 bytes.
+over ``session_gap_s`` starts a new one), its contribution budget, and what it requested in
+all its sessions (a Bloom filter); :func:`dumps_client_state` makes it ~100 bytes for a
+client of one short session.
 
 One client cannot poison what all share (issue 12): a click reaches the shared signals only
 while its client has budget left. A token bucket in the events' own time (``burst`` tokens,
@@ -32,6 +33,16 @@ class ClientState(msgspec.Struct, array_like=True):
     tokens: float | None = None
     refilled_at: float | None = None
     contributed: int = 0
+    # Across sessions (issue 15): the sessions the client started, and every item it requested
+    # (a scalable Bloom filter, streams.seen: ~1.25 bytes an item) and how many.
+    sessions: int = 0
+    seen: list[bytes] = msgspec.field(default_factory=list)
+    seen_count: int = 0
+    # The client's own prequential record since it came back: its clicks that were in the top
+    # five of the personal ranking, and of the shared one. It is ranked the personal way while
+    # that one has hit more of its clicks.
+    personal_hits: int = 0
+    shared_hits: int = 0
 
 
 def contribution_tokens(

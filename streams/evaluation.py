@@ -48,9 +48,13 @@ DEFAULT_MODELS: Mapping[str, Callable[[], Predictor]] = {
     "pop": Popularity,
 }
 
-#: Foresight without its River re-ranker (ranked by the fixed blend), for the ablation.
+#: Foresight without its River re-ranker (ranked by the fixed blend), and without what it keeps
+#: of a client across sessions, for the ablation.
 ABLATIONS: Mapping[str, Callable[[], Predictor]] = {
     "foresight-no-river": lambda: Foresight(ForesightConfig(rerank=False)),
+    # A client is its current session only: no history across sessions (issue 15's "shared
+    # model only" row; the same as foresight where no client comes back).
+    "foresight-shared": lambda: Foresight(ForesightConfig(personal=False)),
 }
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from functools import partial
 from typing import Protocol
 
 from streams.client_state import (
@@ -37,7 +38,9 @@ from streams.client_state import (
 from streams.explain import Explanation, by_popularity, calibration_features, explain_ranking
 from streams.foresight_config import ForesightConfig
 from streams.logistic import learn_each
-from streams.ranking import Ranking, Scored, by_blend, probability, rank, ranker_logit
+from streams.ranking import Ranking, Scored, Seen, by_blend, probability, rank, ranker_logit
+from streams.seen import add as add_seen
+from streams.seen import contains
 from streams.signals import GlobalSignals, dumps_global_state, loads_global_state
 
 #: Clients whose last prediction's ranking the predictor keeps for their next click's learning
@@ -79,6 +82,23 @@ class Predictor(Protocol):
 def candidates(signals: GlobalSignals, state: ClientState, config: ForesightConfig) -> Scored:
     """The client's candidates with their features, pre-ranked by the fixed blend."""
     return by_blend(signals, state.items, config).scored()
+
+
+#: How deep in a ranking a click counts as a hit for a client's personal-or-shared choice.
+PREQUENTIAL_TOP = 5
+
+
+def returning(state: ClientState | None, config: ForesightConfig) -> bool:
+    """Whether the client came back after an earlier session (and `personal` is on)."""
+    return config.personal and state is not None and state.sessions >= 2
+
+
+def seen_before(state: ClientState | None, config: ForesightConfig) -> Seen:
+    """What a returning client requested before, when its personal ranking has hit more of its
+    clicks than the shared one; None (rank the shared way) otherwise."""
+    if state is None or not returning(state, config) or state.personal_hits <= state.shared_hits:
+        return None
+    return partial(contains, state.seen)
 
 
 class Foresight:
@@ -145,19 +165,46 @@ class Foresight:
         state = self.clients.get(client_id) or ClientState()
         tokens, refilled_at = contribution_tokens(state, ts, config)
         teach = contribute and tokens >= 1.0 and state.contributed < self.lifetime_allowance()
-        recent = state.items
+        recent, sessions = state.items, state.sessions or 1
         if state.last_ts is not None and ts - state.last_ts > config.session_gap_s:
-            recent = []  # a new session: the old one's clicks predict little
+            recent = []  # a new session: the old one's clicks predict little ...
+            sessions += 1  # ... but what the client requested before stays known
         shown = self._shown.pop(client_id, None)
+        ranking = shown[1] if shown is not None and shown[0] == recent else None
+        personal_hits, shared_hits = state.personal_hits, state.shared_hits
+        if recent and returning(state, config):  # score both ways for the client's choice
+            ranking = ranking or self._ranked(client_id, recent)
+            other = rank(
+                self.signals,
+                recent,
+                config,
+                None if ranking.session.seen is not None else partial(contains, state.seen),
+            )
+            personal, shared = (
+                (other, ranking) if ranking.session.seen is None else (ranking, other)
+            )
+            personal_hits += content_id in personal.items[:PREQUENTIAL_TOP]
+            shared_hits += content_id in shared.items[:PREQUENTIAL_TOP]
         if teach:
             if recent:
-                ranking = shown[1] if shown is not None and shown[0] == recent else None
                 self._learn_ranking(ranking or self._ranked(client_id, recent), content_id)
             self.signals.observe(recent, content_id, ts)
             tokens -= 1.0
         items = [*recent, content_id][-config.history :]
         contributed = state.contributed + int(teach)
-        self.clients[client_id] = ClientState(items, ts, tokens, refilled_at, contributed)
+        seen, seen_count = add_seen(state.seen, state.seen_count, content_id)
+        self.clients[client_id] = ClientState(
+            items,
+            ts,
+            tokens,
+            refilled_at,
+            contributed,
+            sessions,
+            seen,
+            seen_count,
+            personal_hits,
+            shared_hits,
+        )
         self._last = None
 
     def lifetime_allowance(self) -> float:
@@ -178,14 +225,16 @@ class Foresight:
         last = self._last
         if last is not None and last[0] == client_id and last[1] == self.signals.events:
             return last[2]
-        ranking = rank(self.signals, items, self.config)
+        ranking = rank(
+            self.signals, items, self.config, seen_before(self.clients.get(client_id), self.config)
+        )
         self._last = (client_id, self.signals.events, ranking)
         return ranking
 
     def rank(self, state: ClientState) -> Ranking:
         """A session's candidate pool as :meth:`predict` ranks it (needs a click; changes
         nothing, caches nothing)."""
-        return rank(self.signals, state.items, self.config)
+        return rank(self.signals, state.items, self.config, seen_before(state, self.config))
 
     def _learn_ranking(self, ranking: Ranking, actual: str) -> None:
         config, signals = self.config, self.signals

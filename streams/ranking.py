@@ -40,6 +40,9 @@ FEATURES = (
     "sr_sure",  # sr times the confidence in the last click's rules (many clicks follow it)
     "sr_unsure",
 )
+#: A returning client's candidate that it requested in an earlier session and not in this one
+#: (issue 15): people re-read a news page, nobody rates a film twice; the re-ranker learns which.
+SEEN = "seen"
 _RECENT = {rank: f"recent_{rank}" for rank in range(1, 6)}
 _LOG_MILLI = math.log(1e-3)
 _BLEND = FEATURES.index("blend")
@@ -50,6 +53,8 @@ _KINDS = {
 }
 
 Values = tuple[float, ...]  # one candidate's FEATURES values, in that order
+#: Whether a returning client requested an item before; None for a client in its first session.
+Seen = Callable[[str], bool] | None
 Scored = list[tuple[str, float, dict[str, float]]]
 
 
@@ -65,11 +70,15 @@ class Session:
         "repeat_kind",
         "repeat_length",
         "repeat_ratio",
+        "seen",
         "unsure",
     )
 
-    def __init__(self, items: list[str], unsure: float) -> None:
+    def __init__(self, items: list[str], unsure: float, seen: set[str] | None = None) -> None:
         n = len(items)
+        # The candidates a returning client requested in earlier sessions and not in this one;
+        # None for a client in its first session (then it has no SEEN feature at all).
+        self.seen = seen
         recency: dict[str, int] = {}
         counts: dict[str, int] = {}
         for position, item in enumerate(reversed(items), 1):
@@ -110,6 +119,8 @@ class Session:
             x[self.new_kind] = 1.0
         else:
             x.update(self.clicked(item, rank))
+        if self.seen is not None:
+            x[SEEN] = 1.0 if item in self.seen else 0.0
         return x
 
     def clicked(self, item: str, rank: int) -> list[tuple[str, float]]:
@@ -180,20 +191,30 @@ class Ranking:
         return [(item, self.scores[i], self.features(i)) for i, item in enumerate(self.items)]
 
 
-def rank(signals: GlobalSignals, items: list[str], config: ForesightConfig) -> Ranking:
+def rank(
+    signals: GlobalSignals, items: list[str], config: ForesightConfig, seen: Seen = None
+) -> Ranking:
     """The candidates of a session (``items``, oldest first, at least one) as the predictor
     ranks them: the best ``pool`` by the fixed blend, re-ranked by River's logit (unless
-    ``config.rerank`` is off)."""
-    return _candidates(signals, items, config, signals.ranker if config.rerank else None)
+    ``config.rerank`` is off). A returning client (``seen`` tells what it requested before)
+    gets ``past_pool`` more candidates, each with its SEEN feature."""
+    ranker = signals.ranker if config.rerank else None
+    return _candidates(signals, items, config, ranker, seen)
 
 
-def by_blend(signals: GlobalSignals, items: list[str], config: ForesightConfig) -> Ranking:
+def by_blend(
+    signals: GlobalSignals, items: list[str], config: ForesightConfig, seen: Seen = None
+) -> Ranking:
     """The session's best ``pool`` candidates by the fixed blend, best first."""
-    return _candidates(signals, items, config, None)
+    return _candidates(signals, items, config, None, seen)
 
 
 def _candidates(
-    signals: GlobalSignals, items: list[str], config: ForesightConfig, ranker: Any
+    signals: GlobalSignals,
+    items: list[str],
+    config: ForesightConfig,
+    ranker: Any,
+    seen_before: Seen = None,
 ) -> Ranking:
     """The pool by the fixed blend, re-ranked by ``ranker``'s logit unless it is None."""
     n = len(items)
@@ -254,7 +275,11 @@ def _candidates(
         for item in pool
     ]
     blended.sort()  # by score, ties by content id: items are distinct, so this is total
-    del blended[config.pool :]
+    if seen_before is None:
+        del blended[config.pool :]
+    else:  # a returning client: room for more, and what it requested before is known
+        del blended[config.pool + config.past_pool :]
+        session.seen = {item for _, item in blended if item not in recency and seen_before(item)}
     if ranker is not None:
         # Exact: River's predict_proba_one(x) squashes weights . x + intercept, and its dot
         # product (River's VectorDict.dot) adds weight * value to 0.0 in the order of x's keys,
@@ -266,6 +291,8 @@ def _candidates(
         weight = weights.get
         w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11 = (weight(f, 0.0) for f in FEATURES)
         w_new = weight(session.new_kind, 0.0)
+        w_seen = weight(SEEN, 0.0)
+    seen = session.seen
     unsure = session.unsure
     log = math.log
     chosen: list[str] = []
@@ -312,6 +339,8 @@ def _candidates(
         else:  # the session's own items: a few per ranking
             for name, value in session.clicked(item, rank):
                 dot += weight(name, 0.0) * value
+        if seen is not None:
+            dot += w_seen * (1.0 if item in seen else 0.0)
         scores_of.append(dot + intercept)
     if ranker is None:
         return Ranking(chosen, scores_of, values, session, rerank=False)

@@ -396,3 +396,44 @@ def test_a_session_kept_elsewhere_is_explained_like_the_predictor_would() -> Non
 
 def test_the_docstring_examples_hold() -> None:
     assert doctest.testmod(streams.predictor).failed == 0
+
+
+def test_a_returning_client_is_ranked_the_personal_way_once_that_hits_more_of_its_clicks() -> None:
+    """Issue 15: after a gap over session_gap_s the client is returning. Each of its clicks is
+    scored against both rankings: the shared one (as for a client in its first session) and
+    the personal one (past_pool more candidates, each marked with whether the client requested
+    it before); it is ranked the personal way while that has hit more of its clicks."""
+    config = ForesightConfig()
+    model = Foresight(config)
+    for n in range(200):  # shared rules: every item leads to the next ones
+        client, base = f"teacher-{n}", n % 50
+        for step in range(6):
+            model.learn(client, f"i{base + step}", 1000.0 + n * 10 + step)
+    model.learn("person", "i3", 2000.0)
+    model.learn("person", "i4", 2001.0)
+    first = model.rank(model.clients["person"])
+    assert len(first) == config.pool
+    assert all("seen" not in first.features(i) for i in range(len(first)))
+    back = 2001.0 + config.session_gap_s + 1  # comes back later
+    for step, item in enumerate(["i1", "i2", "i20", "i30", "i40", "i41"]):
+        model.learn("person", item, back + step)
+    state = model.clients["person"]
+    assert state.sessions == 2
+    # i2 after i1 and i41 after i40 were in both top fives; the jumps in neither
+    assert (state.personal_hits, state.shared_hits) == (2, 2)
+    assert "seen" not in model.rank(state).features(0)  # a tie: still the shared way
+    ahead = msgspec.structs.replace(state, personal_hits=state.shared_hits + 1)
+    personal = model.rank(ahead)
+    marked = {personal.items[i]: personal.features(i)["seen"] for i in range(len(personal))}
+    assert marked.get("i4") == 1.0  # requested in the earlier session, not in this one
+    assert marked.get("i1", 0.0) == 0.0  # in this session: a repeat, not "seen before"
+    assert config.pool < len(personal) <= config.pool + config.past_pool
+    off = Foresight(ForesightConfig(personal=False))
+    off.signals = model.signals
+    assert "seen" not in off.rank(ahead).features(0)
+
+
+def test_a_record_stored_before_the_history_fields_still_loads() -> None:
+    old = msgspec.msgpack.encode([["a", "b"], 12.0, 3.0, 11.0, 2])  # five fields, as before
+    state = loads_client_state(old)
+    assert state.items == ["a", "b"] and state.sessions == 0 and state.seen == []
