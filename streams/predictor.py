@@ -126,6 +126,11 @@ class Foresight:
         self.clients[client_id] = state
         self._last = None
 
+    def forget_shown(self) -> None:
+        """Drop the rankings clients were last shown, as a new process has none: each client's
+        next click is then learned from its prefix ranked again."""
+        self._shown.clear()
+
     def forget(self, client_id: str) -> None:
         self.clients.pop(client_id, None)
         self._last = None
