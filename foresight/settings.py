@@ -375,6 +375,25 @@ class Settings(BaseSettings):
         description="How often a worker snapshots its global signals to Cassandra; after a "
         "crash they miss at most this much (FORESIGHT_SNAPSHOT_INTERVAL_S).",
     )
+    history_queue_size: int = Field(
+        20_000,
+        ge=1,
+        description="Client history rows (and, apart, client profiles) a worker keeps waiting "
+        "for Cassandra; beyond it new ones are dropped and counted (FORESIGHT_HISTORY_QUEUE_SIZE).",
+    )
+    history_flush_interval_s: float = Field(
+        0.25,
+        gt=0,
+        description="How often a worker writes its queued client history to Cassandra "
+        "(FORESIGHT_HISTORY_FLUSH_INTERVAL_S).",
+    )
+    history_read_timeout_s: float = Field(
+        0.5,
+        gt=0,
+        description="How long an event of a client the worker holds no record of waits for "
+        "its profile from Cassandra before the client starts afresh "
+        "(FORESIGHT_HISTORY_READ_TIMEOUT_S).",
+    )
     ring_heartbeat_timeout_s: float = Field(
         15.0,
         gt=0,

@@ -29,9 +29,10 @@ from streams import metrics
 from streams.engine import ClientRecord, dumps_record, engine_for, loads_record
 from streams.guard import dumps as guard_dumps
 from streams.guard import loads as guard_loads
+from streams.history import ClientHistory, HistoryStore
 from streams.output import ChangelogTable, Output
 from streams.planner import refill, threshold
-from streams.predictor import dumps_global_state, loads_global_state
+from streams.predictor import dumps_global_state, loads_global_state, seen_before
 from streams.snapshots import SnapshotStore
 from streams.transport import App
 
@@ -43,7 +44,8 @@ OUTPUT_POLL_S = 0.1
 
 class Runtime:
     """What one worker process holds in memory next to its tables: the global signals, the
-    ring, and the snapshot store that lets a restarted worker resume them."""
+    ring, the snapshot store that lets a restarted worker resume them, and the clients'
+    history in Cassandra (:mod:`streams.history`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -57,12 +59,18 @@ class Runtime:
         self.ready = asyncio.Event()  # set once the last snapshot is loaded
         self._cluster: Any = None
         self._store: SnapshotStore | None = None
+        self.history: ClientHistory | None = None
 
     def open_store(self) -> None:
         """Connect to Cassandra and load the group's last snapshot (blocking)."""
         self._cluster, session = connect(self.settings)
         self._store = SnapshotStore(
             session, self.settings.cassandra_keyspace, self.settings.worker_group
+        )
+        self.history = ClientHistory(
+            HistoryStore(session, self.settings.cassandra_keyspace),
+            self.settings.history_queue_size,
+            self.settings.history_read_timeout_s,
         )
         snapshot = self._store.load()
         if snapshot is not None:
@@ -173,6 +181,14 @@ def create_app(settings: Settings) -> faust.App:
         raw = clients.get(key)
         return loads_record(raw) if raw else None
 
+    async def record_or_history(key: bytes, client_id: str) -> ClientRecord | None:
+        """The table's record, or for a client it holds none of (a new worker group, a
+        record lost), one built from the client's profile in Cassandra."""
+        record = record_of(key)
+        if record is None and runtime.history is not None:
+            record = await runtime.history.restore(client_id)
+        return record
+
     async def reject(topic: str, message: Any, reason: str) -> None:
         letter = DeadLetter.of(
             topic=topic,
@@ -228,11 +244,12 @@ def create_app(settings: Settings) -> faust.App:
             metrics.EVENTS_IN.labels("interactions", "invalid").inc()
             return
         key = interaction.client_id.encode()
+        record = await record_or_history(key, interaction.client_id)
         started = time.perf_counter()
         try:
             step = runtime.engine.on_interaction(
                 interaction,
-                record_of(key),
+                record,
                 runtime.ring.ring(),
                 message.partition,
                 message.offset,
@@ -250,6 +267,8 @@ def create_app(settings: Settings) -> faust.App:
             metrics.EVENTS_IN.labels("interactions", "duplicate").inc()
             return
         clients[key] = dumps_record(step.record)
+        if runtime.history is not None:
+            runtime.history.remember(interaction, step.record)
         for slot, command in step.commands:
             output.send(prefetch_topic, key, encode(command), slot)
             commands_out(slot).inc()
@@ -277,7 +296,8 @@ def create_app(settings: Settings) -> faust.App:
                 metrics.EVENTS_IN.labels("feedback", "invalid").inc()
                 continue
             key = item.client_id.encode()
-            clients[key] = dumps_record(runtime.engine.on_feedback(item, record_of(key)))
+            record = await record_or_history(key, item.client_id)
+            clients[key] = dumps_record(runtime.engine.on_feedback(item, record))
             metrics.EVENTS_IN.labels("feedback", "ok").inc()
             metrics.FEEDBACK.labels(item.outcome).inc()
 
@@ -305,12 +325,20 @@ def create_app(settings: Settings) -> faust.App:
             metrics.SNAPSHOT_FAILURES.inc()
             log.warning("global-signals snapshot failed, kept for the next one: %r", exc)
 
+    @app.timer(interval=settings.history_flush_interval_s)
+    async def flush_history() -> None:
+        # What Cassandra does not take is dropped and counted inside: never raises for it.
+        if runtime.history is not None:
+            await runtime.history.flush()
+
     @app.on_before_shutdown.connect
     async def final_snapshot(app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         # The consumer has stopped: nothing changes the signals any more.
         left = await asyncio.to_thread(output.flush, 10.0)
         if left:
             log.error("%d records (changelog, commands) not delivered at shutdown", left)
+        if runtime.history is not None:
+            await runtime.history.flush()
         await snapshot_now()
         runtime.close()
 
@@ -364,6 +392,11 @@ def create_app(settings: Settings) -> faust.App:
                 "at": now,
                 "events": record.events,
                 "hits": record.hits,
+                # Across sessions (issue 15): a record rebuilt from Cassandra keeps them.
+                "sessions": session.sessions,
+                "seen_count": session.seen_count,
+                "last_seen": session.last_ts,
+                "personal": seen_before(session, runtime.predictor.config) is not None,
                 "last_items": session.items[-10:],
                 # The record keeps the session's clicks and the time of the last one only.
                 "last_events": [

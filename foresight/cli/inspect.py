@@ -2,12 +2,14 @@
 
 One view from three places: the stream worker that holds the client's record (GET
 /clients/{id}: its last clicks, its current top k with what each signal contributed, its
-threshold, budget and pending prefetches), Cassandra (what its agent holds) and the
-ring-membership topic (the cache node that owns it). The worker is required; when Cassandra or
-the ring cannot be read, the view says so under "problems" and shows the rest.
+threshold, budget and pending prefetches), Cassandra (what its agent holds, and its history
+across sessions: last seen, sessions, events, recent requests, whether it is ranked the
+personal way) and the ring-membership topic (the cache node that owns it). The worker is
+required; when Cassandra or the ring cannot be read, the view says so under "problems" and
+shows the rest.
 
-The three reads are the module functions :func:`fetch_view`, :func:`read_holdings` and
-:func:`find_owner`, so tests can replace them.
+The reads are the module functions :func:`fetch_view`, :func:`read_holdings`,
+:func:`read_history` and :func:`find_owner`, so tests can replace them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ Json = dict[str, Any]
 
 #: A worker answers from memory; longer means it is stuck or not a worker.
 WORKER_TIMEOUT_S = 5.0
+#: Recent requests shown from client_history.
+RECENT_REQUESTS = 10
 #: Reading the compacted ring-membership topic to its end takes well under a second locally.
 RING_WAIT_S = 10.0
 
@@ -88,6 +92,44 @@ def read_holdings(settings: Settings, client_id: str) -> list[Json]:
     return sorted(held, key=lambda h: -(h["pushed_at"] or 0.0))
 
 
+def read_history(settings: Settings, client_id: str) -> Json | None:
+    """The client's profile and last requests as the workers wrote them to Cassandra; None
+    when it has neither (no worker has written its history yet)."""
+    from cassandra import DriverException
+    from cassandra.cluster import NoHostAvailable
+
+    from foresight.cassandra import connect
+    from streams.foresight_config import ForesightConfig
+    from streams.history import HistoryStore
+    from streams.predictor import seen_before
+
+    where = f"Cassandra at {settings.cassandra_contact_points}:{settings.cassandra_port}"
+    try:
+        cluster, session = connect(settings)
+    except NoHostAvailable as exc:
+        raise Unavailable(f"history: {where} did not answer") from exc
+    try:
+        store = HistoryStore(session, settings.cassandra_keyspace)
+        profile = store.profile(client_id)
+        recent = store.recent(client_id, RECENT_REQUESTS)
+    except DriverException as exc:
+        raise Unavailable(f"history: {where}: {exc}") from exc
+    finally:
+        cluster.shutdown()
+    if profile is None and not recent:
+        return None
+    return {
+        "last_seen": profile.last_seen if profile else None,
+        "sessions": profile.sessions if profile else None,
+        "events": profile.events if profile else None,
+        "seen_count": profile.seen_count if profile else None,
+        # With the predictor's default configuration (FORESIGHT_* cannot switch it off).
+        "personal": seen_before(profile.state, ForesightConfig()) is not None if profile else None,
+        "updated_at": profile.updated_at if profile else None,
+        "recent": recent,
+    }
+
+
 def find_owner(settings: Settings, client_id: str) -> Json | None:
     """The cache node that owns the client in the current ring; None when no node is live."""
     from foresight.membership import MembershipWatcher
@@ -140,13 +182,19 @@ def gather(settings: Settings, client_id: str, workers: int) -> Json:
     """The whole report: the worker's view, the holdings and the owner node."""
     url, view = ask_workers(settings, client_id, workers)
     problems: list[str] = []
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(3) as pool:
         held = pool.submit(read_holdings, settings, client_id)
+        past = pool.submit(read_history, settings, client_id)
         owner = pool.submit(find_owner, settings, client_id)
         holdings: list[Json] | None = None
+        history: Json | None = None
         owner_node: Json | None = None
         try:
             holdings = held.result()
+        except Unavailable as exc:
+            problems.append(str(exc))
+        try:
+            history = past.result()
         except Unavailable as exc:
             problems.append(str(exc))
         try:
@@ -168,6 +216,7 @@ def gather(settings: Settings, client_id: str, workers: int) -> Json:
         "budget": view.get("budget"),
         "prefetched": view.get("prefetched", []),
         "holdings": holdings,
+        "history": history,
         "owner": owner_node,
         "problems": problems,
     }
@@ -260,6 +309,17 @@ def render(report: Json) -> RenderableType:
         pending.add_row(entry["content_id"], _when(entry["expires_at"], now))
     parts: list[RenderableType] = [_header(report), last, _top_k(report), _why(report)]
     parts.append(pending)
+    history = report.get("history")
+    if history is not None:
+        personal = {True: "personal", False: "shared", None: "unknown"}[history["personal"]]
+        title = (
+            f"history in Cassandra: last seen {_when(history['last_seen'], now) or '?'},"
+            f" sessions {history['sessions']}, events {history['events']}, ranked {personal}"
+        )
+        past = Table("content", "kind", "at", title=title, title_justify="left")
+        for row in history["recent"]:
+            past.add_row(row["content_id"], row["kind"], _when(row["ts"], now))
+        parts.append(past)
     if report["holdings"] is not None:
         columns = ("content", "version", "digest", "pushed at")
         held = Table(*columns, title="agent holds", title_justify="left")

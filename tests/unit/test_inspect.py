@@ -94,6 +94,7 @@ def sources(monkeypatch: pytest.MonkeyPatch) -> Sources:
     monkeypatch.setattr(inspect_cli, "fetch_view", stub.fetch_view)
     monkeypatch.setattr(inspect_cli, "read_holdings", stub.read_holdings)
     monkeypatch.setattr(inspect_cli, "find_owner", stub.find_owner)
+    monkeypatch.setattr(inspect_cli, "read_history", lambda settings, client_id: None)
     return stub
 
 
