@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from agents import sdk
+from agents import fetch, sdk
 from agents.sdk import (
     Agent,
     AgentAuthError,
@@ -561,12 +561,12 @@ async def test_a_misdirected_fetch_follows_location_once(
     assert a.http_requests == ["p"] and b.http_requests == ["p", "q"]
 
     b.misdirect_to = a
-    monkeypatch.setattr(sdk, "FETCH_RETRY_S", 1.0)
+    monkeypatch.setattr(fetch, "FETCH_RETRY_S", 1.0)
     with pytest.raises(AgentConnectionError, match=r"(?i)misdirected"):
         await agent.get("r")
     # Nodes that name each other for a moment (one's ring is catching up after an outage):
     # the get tries again and is served once they agree.
-    monkeypatch.setattr(sdk, "FETCH_RETRY_S", 10.0)
+    monkeypatch.setattr(fetch, "FETCH_RETRY_S", 10.0)
     b.content["s"] = (1, b"s")
     getting = asyncio.create_task(agent.get("s"))
     await asyncio.sleep(0.5)
