@@ -67,11 +67,12 @@ class Runtime:
         self._store = SnapshotStore(
             session, self.settings.cassandra_keyspace, self.settings.worker_group
         )
-        self.history = ClientHistory(
-            HistoryStore(session, self.settings.cassandra_keyspace),
-            self.settings.history_queue_size,
-            self.settings.history_read_timeout_s,
-        )
+        if self.settings.history != "off":
+            self.history = ClientHistory(
+                HistoryStore(session, self.settings.cassandra_keyspace),
+                self.settings.history_queue_size,
+                self.settings.history_read_timeout_s,
+            )
         snapshot = self._store.load()
         if snapshot is not None:
             parts = msgspec.msgpack.decode(snapshot.data, type=dict[str, bytes])
@@ -185,7 +186,7 @@ def create_app(settings: Settings) -> faust.App:
         """The table's record, or for a client it holds none of (a new worker group, a
         record lost), one built from the client's profile in Cassandra."""
         record = record_of(key)
-        if record is None and runtime.history is not None:
+        if record is None and runtime.history is not None and settings.history == "restore":
             record = await runtime.history.restore(client_id)
         return record
 

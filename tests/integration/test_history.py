@@ -47,6 +47,7 @@ def _group(settings: Settings, tmp_path: Path, name: str) -> Settings:
             "state_dir": tmp_path / name,
             "snapshot_interval_s": 3600.0,
             "prefetch_shed_after_s": None,
+            "history": "restore",  # off by default (docs/settings.md says why)
         }
     )
     create_topics(mine)
