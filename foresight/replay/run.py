@@ -10,15 +10,10 @@
    comes after the "with" one, so without this the first pass alone would pay for it (on a
    freshly started Cassandra the first 45 s of "with" cost 31, 13 and 11 ms a request against
    4 ms later). Caches stay cold for both passes: new node processes, new keyspaces.
-3. The cache nodes start. Each test client gets its own agent (the Python SDK), for all its
-   sessions (with a ClientId column a client has several; its agent's cache survives between
-   them, as a browser's Cache Storage does); clients start in the order they started in the
-   data, up to ``clients`` at a time. Within a session the gaps between requests are the
-   recorded ones divided by ``speed`` (at most ``max_gap_s``); a recorded gap over
-   RECORDED_SESSION_GAP_S (a new session, hours or days later) is a pause of
-   :func:`session_pause_s`, over the run's worker's session gap (:func:`replay_session_gap_s`),
-   so the worker knows the client as returning. Each session's first click is a landing.
-   Every request is an ``agent.get``: a local hit, or a fetch from the
+3. The cache nodes start. Each test session becomes one client with its own agent (the Python
+   SDK); sessions start in the order they started in the data, up to ``clients`` at a time.
+   Within a session the gaps between requests are the recorded ones divided by ``speed`` (at
+   most ``max_gap_s``). Every request is an ``agent.get``: a local hit, or a fetch from the
    client's node. Hits reach the model as views, fetches as requests.
 4. Without prefetching: the nodes restart on an empty keyspace and serve the same requests,
    in the same order, to clients that never receive a push (Global Privacy Control requests,
@@ -101,9 +96,6 @@ WARM_UP_REQUESTS = 12_000
 #: site's visitors do not arrive in one instant, and a burst of cold connects would measure
 #: the burst rather than prefetching.
 RAMP_S = 10.0
-#: The data's session rule: a client's recorded clicks further apart than this belong to two
-#: sessions (movielens-small's own rule, and the predictor's session gap).
-RECORDED_SESSION_GAP_S = 1800.0
 
 
 class Progress(Protocol):
@@ -172,23 +164,6 @@ def sessions_of(path: Path, limit: int | None = None) -> list[list[Interaction]]
     sessions = [sorted(events, key=lambda e: e.ts) for events in by_client.values()]
     sessions.sort(key=lambda events: (events[0].ts, events[0].client_id))
     return sessions[:limit] if limit is not None else sessions
-
-
-def landings(events: Sequence[Interaction]) -> list[bool]:
-    """Which of a client's clicks (in time order) open a session: its first, and each after a
-    recorded gap over RECORDED_SESSION_GAP_S (the client came back: the same agent and cache).
-    Nothing could have answered them, and the evaluation does not score them either.
-
-    >>> from schemas import Interaction
-    >>> clicks = [Interaction(event_id=str(t), client_id="c", content_id="i", kind="click", ts=t)
-    ...           for t in (0.0, 60.0, 4000.0, 4010.0)]
-    >>> landings(clicks)
-    [True, False, True, False]
-    """
-    return [
-        n == 0 or event.ts - events[n - 1].ts > RECORDED_SESSION_GAP_S
-        for n, event in enumerate(events)
-    ]
 
 
 class Replay:
@@ -470,7 +445,7 @@ class Replay:
         try:
             await agent.connect()
             previous: float | None = None
-            for event, landing in zip(events, landings(events), strict=True):
+            for position, event in enumerate(events):
                 if previous is not None:
                     gap = (event.ts - previous) / self.options.speed
                     await asyncio.sleep(min(max(0.0, gap), self.options.max_gap_s))
@@ -489,7 +464,7 @@ class Replay:
                         at=time.monotonic() - t0,
                         client_id=client,
                         content_id=event.content_id,
-                        landing=landing,
+                        landing=position == 0,
                         hit=result.from_cache,
                         latency_ms=latency_ms,
                         size=len(result.body),
