@@ -324,14 +324,6 @@ def _network_options(command: Any) -> Any:
     "gzip; its page views are the sessions, its pages' sizes the origin's "
     "(docs/access-logs.md).",
 )
-@click.option(
-    "--test-fraction",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.2,
-    show_default=True,
-    help="With --log: sessions starting in this last fraction of the log's time span are "
-    "replayed, the earlier ones train the model.",
-)
 @log_reading_options
 @_network_options
 @click.option(
@@ -433,7 +425,7 @@ def _check_replay_inputs(
         fail("give --train and --test (session files), or --log (an access log)")
     given = [
         "--" + name.replace("_", "-")
-        for name in (*LOG_ONLY, "test_fraction")
+        for name in LOG_ONLY
         if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
     ]
     if log is None and given:

@@ -83,6 +83,14 @@ def log_reading_options(command: Callable[..., None]) -> Callable[..., None]:
     """The options of reading an access log (docs/access-logs.md), for every command that can."""
     options = [
         click.option(
+            "--test-fraction",
+            type=click.FloatRange(0, 1, min_open=True, max_open=True),
+            default=0.2,
+            show_default=True,
+            help="With --log: sessions starting in this last fraction of the log's time span "
+            "are the test (evaluated, or replayed), the earlier ones train the model.",
+        ),
+        click.option(
             "--session-gap-min",
             type=click.FloatRange(0, min_open=True),
             default=30.0,
@@ -119,7 +127,14 @@ def log_reading_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 #: The options that only mean something with --log.
-LOG_ONLY = ("session_gap_min", "attach_window_s", "subresource_ext", "robots", "keep_query")
+LOG_ONLY = (
+    "session_gap_min",
+    "attach_window_s",
+    "subresource_ext",
+    "robots",
+    "keep_query",
+    "test_fraction",
+)
 
 
 def log_options_of(
@@ -166,14 +181,6 @@ def log_options_of(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Instead of --train/--test: an access log, Common or Combined Log Format, plain or "
     "gzip (docs/access-logs.md).",
-)
-@click.option(
-    "--test-fraction",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.2,
-    show_default=True,
-    help="With --log: sessions starting in this last fraction of the log's time span are "
-    "the test, the earlier ones the training.",
 )
 @log_reading_options
 @click.option(
@@ -242,7 +249,7 @@ def _check_inputs(
     if log is None:
         given = [
             "--" + name.replace("_", "-")
-            for name in (*LOG_ONLY, "test_fraction")
+            for name in LOG_ONLY
             if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
         ]
         if given:
